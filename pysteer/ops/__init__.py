@@ -23,14 +23,24 @@ import torch
 from torch import Tensor
 
 from . import library
-from .backends import BACKENDS, active_backend_name, available_backends, set_backend, use_backend
+from .backends import (BACKENDS, active_backend_name, available_backends, backend_for, set_backend,
+                       use_backend)
 from .modes import DenseEdit, FeatureEdit
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-__all__ = ["sparse_steer_", "dense_steer_", "encode_topk", "sparse_decode", "FeatureEdit",
+__all__ = ["sparse_steer_", "check_sparse_steer_args", "launch_sparse_steer_", "dense_steer_", "encode_topk", "sparse_decode", "FeatureEdit",
            "DenseEdit", "BACKENDS", "set_backend", "use_backend", "available_backends",
            "active_backend_name", "FLOAT_DTYPES"]
+
+
+def _run(op, method: str, device: torch.device, *args):
+    """Through the ``torch.library`` op while tracing, so ``torch.compile`` sees it; in eager
+    mode straight to the backend, skipping the dispatcher's per-call Python overhead
+    (tens of µs, which would dominate a decode step's steering cost)."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    return getattr(backend_for(device), method)(*args)
 
 
 def _check(cond: bool, message: str) -> None:
@@ -62,13 +72,11 @@ def _check_rows(hidden: Tensor, row_index: Tensor, coeffs: Tensor, width: int) -
     _check_tensor(coeffs, "coeffs", tuple(coeffs.shape), torch.float32, hidden.device)
 
 
-def sparse_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, enc_rows: Tensor,
-                  enc_bias: Tensor, threshold: Tensor, dec_rows: Tensor, input_offset: Tensor,
-                  edit_modes: Tensor, feature_acts: Optional[Tensor] = None) -> Tensor:
-    """Exact sparse SAE edit, in place: h += Σ_i (edit(f_i, c_i) − f_i)·dec_rows[i].
-
-    See :func:`pysteer.ops.reference.sparse_steer_` for the formula; returns ``hidden``.
-    """
+def check_sparse_steer_args(hidden: Tensor, row_index: Tensor, coeffs: Tensor, enc_rows: Tensor,
+                            enc_bias: Tensor, threshold: Tensor, dec_rows: Tensor,
+                            input_offset: Tensor, edit_modes: Tensor,
+                            feature_acts: Optional[Tensor] = None) -> None:
+    """Every metadata check of :func:`sparse_steer_`; raises ``ValueError`` naming the argument."""
     _check_hidden(hidden)
     d_model, device, dtype = hidden.shape[1], hidden.device, hidden.dtype
     _check(enc_rows.ndim == 2, f"enc_rows must be [features, d_model], got {tuple(enc_rows.shape)}")
@@ -84,9 +92,35 @@ def sparse_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, enc_rows: T
     _check_tensor(edit_modes, "edit_modes", (n_sel,), torch.int8, device)
     if feature_acts is not None:
         _check_tensor(feature_acts, "feature_acts", (hidden.shape[0], n_sel), torch.float32, device)
+
+
+def sparse_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, enc_rows: Tensor,
+                  enc_bias: Tensor, threshold: Tensor, dec_rows: Tensor, input_offset: Tensor,
+                  edit_modes: Tensor, feature_acts: Optional[Tensor] = None) -> Tensor:
+    """Exact sparse SAE edit, in place: h += Σ_i (edit(f_i, c_i) − f_i)·dec_rows[i].
+
+    See :func:`pysteer.ops.reference.sparse_steer_` for the formula; returns ``hidden``.
+    """
+    check_sparse_steer_args(hidden, row_index, coeffs, enc_rows, enc_bias, threshold, dec_rows,
+                            input_offset, edit_modes, feature_acts)
+    return launch_sparse_steer_(hidden, row_index, coeffs, enc_rows, enc_bias, threshold, dec_rows,
+                                input_offset, edit_modes, feature_acts)
+
+
+def launch_sparse_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, enc_rows: Tensor,
+                         enc_bias: Tensor, threshold: Tensor, dec_rows: Tensor,
+                         input_offset: Tensor, edit_modes: Tensor,
+                         feature_acts: Optional[Tensor] = None) -> Tensor:
+    """:func:`sparse_steer_` for callers that validated the weights once already (a steered
+    layer does at attach time): only ``hidden`` is checked against them here."""
+    _check(hidden.ndim == 2 and hidden.is_contiguous() and hidden.shape[1] == dec_rows.shape[1],
+           f"hidden must be a contiguous [tokens, {dec_rows.shape[1]}] tensor, got {tuple(hidden.shape)}")
+    _check(hidden.dtype == dec_rows.dtype and hidden.device == dec_rows.device,
+           f"hidden is {hidden.dtype} on {hidden.device} but the steering weights are "
+           f"{dec_rows.dtype} on {dec_rows.device}")
     if hidden.shape[0]:
-        library.sparse_steer_op(hidden, row_index, coeffs, enc_rows, enc_bias, threshold,
-                                dec_rows, input_offset, edit_modes, feature_acts)
+        _run(library.sparse_steer_op, "sparse_steer_", hidden.device, hidden, row_index, coeffs,
+             enc_rows, enc_bias, threshold, dec_rows, input_offset, edit_modes, feature_acts)
     return hidden
 
 
@@ -101,7 +135,8 @@ def dense_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, directions: 
     _check_tensor(directions, "directions", (n_dir, hidden.shape[1]), hidden.dtype, hidden.device)
     _check_tensor(dense_modes, "dense_modes", (n_dir,), torch.int8, hidden.device)
     if hidden.shape[0]:
-        library.dense_steer_op(hidden, row_index, coeffs, directions, dense_modes)
+        _run(library.dense_steer_op, "dense_steer_", hidden.device, hidden, row_index, coeffs,
+             directions, dense_modes)
     return hidden
 
 
@@ -118,7 +153,8 @@ def encode_topk(x: Tensor, w_enc: Tensor, b_enc: Tensor, input_offset: Tensor,
     _check_tensor(input_offset, "input_offset", (x.shape[1],), x.dtype, x.device)
     if feature_scale is not None:
         _check_tensor(feature_scale, "feature_scale", (d_sae,), torch.float32, x.device)
-    return library.encode_topk_op(x, w_enc, b_enc, input_offset, feature_scale, k)
+    return _run(library.encode_topk_op, "encode_topk", x.device, x, w_enc, b_enc, input_offset,
+                feature_scale, k)
 
 
 def sparse_decode(values: Tensor, indices: Tensor, w_dec: Tensor, bias: Optional[Tensor] = None,
@@ -138,4 +174,5 @@ def sparse_decode(values: Tensor, indices: Tensor, w_dec: Tensor, bias: Optional
         _check(tuple(residual.shape) == (shape[0], w_dec.shape[1]),
                f"residual must be [{shape[0]}, {w_dec.shape[1]}], got {tuple(residual.shape)}")
         _check(residual.device == w_dec.device, f"residual is on {residual.device}, w_dec on {w_dec.device}")
-    return library.sparse_decode_op(values, indices, w_dec, bias, residual)
+    return _run(library.sparse_decode_op, "sparse_decode", w_dec.device, values, indices, w_dec,
+                bias, residual)

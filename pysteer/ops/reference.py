@@ -22,6 +22,10 @@ import torch.nn.functional as F
 
 from .modes import DenseEdit, FeatureEdit
 
+# Plain ints, not IntEnum members: torch.compile folds `tensor == IntEnum` into a bool.
+_ADD, _SET, _SCALE, _ABLATE = (int(e) for e in FeatureEdit)
+_PROJECT = int(DenseEdit.PROJECT)
+
 
 def _per_token_coeffs(row_index: torch.Tensor, coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(coefficients gathered per token [T, S] fp32, steered-token mask [T, 1])."""
@@ -33,10 +37,10 @@ def _per_token_coeffs(row_index: torch.Tensor, coeffs: torch.Tensor) -> tuple[to
 def apply_feature_edit(acts: torch.Tensor, coeffs: torch.Tensor, edit_modes: torch.Tensor) -> torch.Tensor:
     """f' = edit(f, c) elementwise; ``acts``/``coeffs`` [T, S], ``edit_modes`` [S] int8."""
     modes = edit_modes.long().unsqueeze(0)
-    edited = torch.where(modes == FeatureEdit.ADD, acts + coeffs, acts)
-    edited = torch.where(modes == FeatureEdit.SET, coeffs, edited)
-    edited = torch.where(modes == FeatureEdit.SCALE, acts * coeffs, edited)
-    edited = torch.where(modes == FeatureEdit.ABLATE, torch.zeros_like(acts), edited)
+    edited = torch.where(modes == _ADD, acts + coeffs, acts)
+    edited = torch.where(modes == _SET, coeffs, edited)
+    edited = torch.where(modes == _SCALE, acts * coeffs, edited)
+    edited = torch.where(modes == _ABLATE, torch.zeros_like(acts), edited)
     return edited
 
 
@@ -85,7 +89,7 @@ def dense_steer_(hidden: torch.Tensor, row_index: torch.Tensor, coeffs: torch.Te
     per_token, steered = _per_token_coeffs(row_index, coeffs)
     h = hidden.float()
     u = directions.float()
-    project = dense_modes.long().unsqueeze(0) == DenseEdit.PROJECT
+    project = dense_modes.long().unsqueeze(0) == _PROJECT
     amount = torch.where(project, per_token - h @ u.t(), per_token)
     amount = torch.where(steered, amount, 0.0)
     hidden.copy_((h + amount @ u).to(hidden.dtype))

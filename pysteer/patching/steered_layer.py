@@ -93,6 +93,11 @@ class _CompiledSparse(nn.Module):
             self.register_buffer(name, tensor.contiguous(), persistent=False)
         if not hasattr(self, "feature_scale"):
             self.feature_scale = None
+        # Validate the weights once here; each call then only checks the hidden states.
+        empty = torch.empty(0, self.dec_rows.shape[1], device=device, dtype=dtype)
+        ops.check_sparse_steer_args(empty, torch.empty(0, dtype=torch.int32, device=device),
+                                    self.coeffs, self.enc_rows, self.enc_bias, self.threshold,
+                                    self.dec_rows, self.input_offset, self.edit_modes)
 
     def apply_(self, hidden: Tensor, row_index: Tensor) -> None:
         acts = None
@@ -103,8 +108,8 @@ class _CompiledSparse(nn.Module):
                                               self.feature_scale, self.k)
             match = indices.unsqueeze(-1) == self.features
             acts = (values.relu().unsqueeze(-1) * match).sum(dim=1)
-        ops.sparse_steer_(hidden, row_index, self.coeffs, self.enc_rows, self.enc_bias,
-                          self.threshold, self.dec_rows, self.input_offset, self.edit_modes, acts)
+        ops.launch_sparse_steer_(hidden, row_index, self.coeffs, self.enc_rows, self.enc_bias,
+                                 self.threshold, self.dec_rows, self.input_offset, self.edit_modes, acts)
 
 
 class _CompiledDense(nn.Module):
@@ -155,15 +160,16 @@ class SteeredLayer(nn.Module):
         start = self._cache_start(kwargs_view)  # read before the layer appends to its cache
         out = self.layer(*args, **kwargs)
         hidden = out[0] if isinstance(out, tuple) else out
-        if hidden.requires_grad:
-            # Steering is an inference-time edit; keep autograd away from the in-place op.
-            hidden = hidden.detach().clone()
-        batch, seq, d_model = hidden.shape
-        flat = hidden.view(batch * seq, d_model) if hidden.is_contiguous() else hidden.reshape(-1, d_model).clone()
-        row_index = self.state.row_index(batch, seq, start, hidden.device)
+        steered = hidden
+        if hidden.requires_grad or not hidden.is_contiguous():
+            # The op edits in place and is inference-only: work on a detached contiguous copy
+            # rather than rewrite a tensor autograd may have saved.
+            steered = hidden.detach().clone(memory_format=torch.contiguous_format)
+        batch, seq, d_model = steered.shape
+        flat = steered.view(batch * seq, d_model)
+        row_index = self.state.row_index(batch, seq, start, steered.device)
         for intervention in self.interventions:
             intervention.apply_(flat, row_index)
-        steered = flat.view(batch, seq, d_model)
-        if steered.data_ptr() == (out[0] if isinstance(out, tuple) else out).data_ptr():
+        if steered is hidden:
             return out
         return (steered,) + tuple(out[1:]) if isinstance(out, tuple) else steered
