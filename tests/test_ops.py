@@ -147,3 +147,19 @@ def test_reference_backend_is_the_cpu_default():
     assert ops.active_backend_name("cpu") == "reference"
     assert ops.available_backends("cpu")["reference"] is None
     assert reference.sparse_steer_ is ops.backends.backend_for(torch.device("cpu")).sparse_steer_
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1",
+                    reason="Triton needs a GPU or TRITON_INTERPRET=1")
+def test_forced_triton_backend_runs_a_steered_model_like_the_reference():
+    import pysteer
+    from model_zoo import left_pad, prompts, tiny_model, tiny_spec
+
+    model = tiny_model("qwen2")
+    ids, mask = left_pad(prompts())
+    with torch.no_grad(), pysteer.steer(model, tiny_spec(n_configs=2), rows=[0, 1, -1]):
+        expected = model(ids, attention_mask=mask).logits
+        with ops.use_backend("triton"):
+            assert ops.active_backend_name("cpu") == "triton"
+            got = model(ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
