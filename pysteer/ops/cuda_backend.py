@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 
+from . import reference
+
 try:
     from pysteer import _C
 except ImportError as exc:  # pragma: no cover - depends on the build
@@ -163,13 +165,16 @@ def encode_topk(x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor,
 
     ``x`` [T, D], ``w_enc`` [D, F], ``b_enc``/``feature_scale`` [F], ``input_offset``
     [D]. Returns (values [T, k] fp32, indices [T, k] int64), values descending.
+    k <= 256 runs fused; larger k falls back to the reference (matmul + torch.topk).
     """
     dev = x.device
     _check_cuda(x, "x", dev)
     _big(w_enc, "w_enc", dev)
     D, F = w_enc.shape
     assert x.shape[-1] == D, f"x's last dim {x.shape[-1]} != w_enc's D {D}"
-    assert 1 <= k <= min(F, MAX_TOPK_K), f"k must be in [1, min(F, {MAX_TOPK_K})], got {k}"
+    assert 1 <= k <= F, f"k must be in [1, {F}], got {k}"
+    if k > MAX_TOPK_K:  # beyond the kernel's per-row buffers: unfused, still on the GPU
+        return reference.encode_topk(x, w_enc, b_enc, input_offset, feature_scale, k)
     lead = x.shape[:-1]
     x = x.contiguous()
     T = x.numel() // D
