@@ -119,10 +119,12 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, w_dec: torch.Tens
     ``values`` [T, k], ``indices`` [T, k] (entries -1 are skipped), ``w_dec`` [F, D].
     Output dtype: ``residual``'s if given, else ``w_dec``'s.
     """
-    valid = indices >= 0
-    weights = torch.where(valid, values.float(), 0.0)
-    out = F.embedding_bag(indices.clamp(min=0).long(), w_dec.float(), mode="sum",
-                          per_sample_weights=weights)
+    if indices.shape[1] == 0:  # embedding_bag cannot take empty bags of width 0
+        out = w_dec.new_zeros((indices.shape[0], w_dec.shape[1]), dtype=torch.float32)
+    else:
+        weights = torch.where(indices >= 0, values.float(), 0.0)
+        out = F.embedding_bag(indices.clamp(min=0).long(), w_dec.float(), mode="sum",
+                              per_sample_weights=weights)
     if bias is not None:
         out = out + bias.float()
     if residual is not None:
