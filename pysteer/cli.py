@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--backend", choices=["cuda", "triton", "reference"], help="force a kernel backend")
     gen.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
     gen.set_defaults(run=_cmd_generate)
+
+    from pysteer.evaluation.cli import register as register_eval
+    register_eval(commands)
     return parser
 
 

@@ -1,0 +1,27 @@
+"""Instruction-following evaluation: prompts, verifiable checkers, IFR / RR / OQ.
+
+    from pysteer.evaluation import builtin_prompts, generate_responses, score_responses
+
+    prompts = builtin_prompts("heldout")
+    with pysteer.steer(model, spec) as steering:
+        responses = generate_responses(model, tokenizer, [p.prompt for p in prompts],
+                                       steering=steering, rows=0, max_new_tokens=64)
+        report = score_responses(prompts, responses, model=model, tokenizer=tokenizer,
+                                 steering=steering)      # perplexity under the unsteered model
+    print(report.ifr_loose, report.rr, report.oq, reward(report))
+"""
+
+from .checkers import INSTRUCTIONS, check_instruction, is_known, loose_variants
+from .errors import CheckerUnavailableError, EvaluationError, PromptFileError
+from .generation import generate_responses
+from .metrics import (DEFAULT_PPL_REF, DEFAULT_WEIGHTS, EvalReport, ResponseScore, degeneration,
+                      is_refusal_or_empty, response_perplexity, reward, score_responses)
+from .prompts import EvalPrompt, builtin_instruction_ids, builtin_prompts, ifbench_prompts, load_prompts_jsonl
+from .text import detect_language, stopword_language
+
+__all__ = ["INSTRUCTIONS", "check_instruction", "is_known", "loose_variants", "EvaluationError",
+           "PromptFileError", "CheckerUnavailableError", "generate_responses", "EvalReport",
+           "ResponseScore", "degeneration", "is_refusal_or_empty", "response_perplexity", "reward",
+           "score_responses", "DEFAULT_PPL_REF", "DEFAULT_WEIGHTS", "EvalPrompt", "builtin_prompts",
+           "builtin_instruction_ids", "ifbench_prompts", "load_prompts_jsonl", "detect_language",
+           "stopword_language"]

@@ -1,0 +1,145 @@
+"""``pysteer eval``: generate responses to instruction prompts and report IFR / RR / OQ.
+
+    pysteer eval --prompts builtin --split heldout --max-new-tokens 64 --out report.json
+    pysteer eval --prompts my_prompts.jsonl --steering my_steering --config 2 --no-instruction
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckerUnavailableError, EvaluationError
+from .metrics import DEFAULT_PPL_REF, EvalReport, reward
+
+
+def _load_prompts(args: argparse.Namespace) -> list:
+    from .prompts import builtin_prompts, ifbench_prompts, load_prompts_jsonl
+
+    if args.prompts == "builtin":
+        prompts = builtin_prompts(args.split, args.instruction)
+    else:
+        prompts = ifbench_prompts() if args.prompts == "ifbench" else load_prompts_jsonl(args.prompts)
+        if args.split != "all":
+            prompts = [p for p in prompts if p.split == args.split]
+        if args.instruction:
+            prompts = [p for p in prompts if set(p.instruction_ids) <= set(args.instruction)]
+    if args.limit is not None:
+        if args.limit < 1:
+            raise EvaluationError(f"--limit must be ≥ 1, got {args.limit}")
+        prompts = prompts[:args.limit]
+    if not prompts:
+        raise EvaluationError(f"--prompts {args.prompts}: no prompt left after --split {args.split}"
+                              + (f" and --instruction {args.instruction}" if args.instruction else ""))
+    return prompts
+
+
+def _check_checkable(prompts: list) -> None:
+    """Fail before loading a model if some instruction cannot be checked here."""
+    from .checkers import INSTRUCTIONS
+    from .ifbench import ifbench_checkers_available
+
+    foreign = sorted({i for p in prompts for i in p.instruction_ids if i not in INSTRUCTIONS})
+    if foreign:
+        reason = ifbench_checkers_available()
+        if reason is not None:
+            raise CheckerUnavailableError(f"the prompts use IFBench instruction(s) {foreign[:5]}"
+                                          f"{' ...' if len(foreign) > 5 else ''}, whose checkers "
+                                          f"cannot run here: {reason}")
+
+
+def format_report(report: EvalReport) -> str:
+    """A plain-text table: IFR strict/loose per instruction type, then the overall line."""
+    width = max([len("overall")] + [len(k) for k in report.per_type])
+    lines = [f"{'instruction':{width}s}  {'n':>4s}  {'IFR strict':>10s}  {'IFR loose':>9s}"]
+    for name, tally in sorted(report.per_type.items()):
+        lines.append(f"{name:{width}s}  {tally['n']:4d}  {tally['ifr_strict']:10.3f}  {tally['ifr_loose']:9.3f}")
+    lines.append(f"{'overall':{width}s}  {report.n:4d}  {report.ifr_strict:10.3f}  {report.ifr_loose:9.3f}")
+    ppl = "n/a" if report.mean_perplexity is None else f"{report.mean_perplexity:.2f}"
+    lines.append(f"RR {report.rr:.3f}   OQ {report.oq:.3f}   degenerate {report.degenerate_rate:.3f}   "
+                 f"mean perplexity {ppl} (ppl_ref {report.ppl_ref:g})   reward {reward(report):.3f}")
+    return "\n".join(lines)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..models import load_model
+    from ..spec import SteeringSpec
+    from .generation import generate_responses
+    from .metrics import score_responses
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if args.split is None:
+        args.split = "heldout" if args.prompts == "builtin" else "all"
+    prompts = _load_prompts(args)
+    _check_checkable(prompts)
+    texts = [p.text(not args.no_instruction) for p in prompts]   # fails early without base_prompt
+    spec = SteeringSpec.load(args.steering) if args.steering else None
+    if spec is not None and not 0 <= args.config < spec.n_configs:
+        raise EvaluationError(f"--config {args.config} is out of range: {args.steering} has "
+                              f"{spec.n_configs} configuration(s)")
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    model, tokenizer = load_model(args.model, dtype=dtype, device=args.device)
+    common = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True)
+    if spec is None:
+        responses = generate_responses(model, tokenizer, texts, **common)
+        report = score_responses(prompts, responses, model=model, tokenizer=tokenizer,
+                                 instruction_in_prompt=not args.no_instruction, ppl_ref=args.ppl_ref)
+    else:
+        from ..patching import steer
+        with steer(model, spec) as steering:
+            responses = generate_responses(model, tokenizer, texts, steering=steering, rows=args.config, **common)
+            report = score_responses(prompts, responses, model=model, tokenizer=tokenizer, steering=steering,
+                                     instruction_in_prompt=not args.no_instruction, ppl_ref=args.ppl_ref)
+    print(format_report(report))
+    if out is not None:
+        payload: dict[str, Any] = {
+            "settings": {"prompts": args.prompts, "split": args.split, "instruction": args.instruction,
+                         "limit": args.limit, "steering": args.steering,
+                         "config": args.config if spec is not None else None,
+                         "no_instruction": args.no_instruction, "max_new_tokens": args.max_new_tokens,
+                         "model": args.model or "SmolLM2-135M-Instruct", "dtype": args.dtype},
+            "reward": reward(report), "report": report.to_dict(),
+            "responses": [{"key": p.key, "prompt": t, "instruction_ids": p.instruction_ids, "response": r}
+                          for p, t, r in zip(prompts, texts, responses)]}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
+        os.replace(tmp, out)
+        print(f"saved {out}")
+    return 0
+
+
+def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    """Add ``eval`` to the ``pysteer`` command's subparsers."""
+    p = subparsers.add_parser("eval", help="measure instruction following (IFR), response rate (RR) "
+                              "and output quality (OQ), optionally steered")
+    p.add_argument("--prompts", default="builtin", help="builtin | ifbench | FILE.jsonl (IFEval format)")
+    p.add_argument("--split", default=None, choices=["train", "heldout", "all"],
+                   help="which split (default: heldout for builtin, all otherwise; prompts without a "
+                   "split field count only under 'all')")
+    p.add_argument("--instruction", action="append", default=None,
+                   help="keep only prompts with this instruction id (repeatable)")
+    p.add_argument("--steering", help="a steering spec directory (steering.json + .safetensors)")
+    p.add_argument("--config", type=int, default=0, help="which configuration row of the spec")
+    p.add_argument("--no-instruction", action="store_true",
+                   help="send base_prompt (the request without the instruction); still score the instruction")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--ppl-ref", type=float, default=DEFAULT_PPL_REF,
+                   help="perplexity at or below which a response counts as fully fluent in OQ")
+    p.add_argument("--model", default=None, help="a local HF model directory (default: the embedded "
+                   "SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--out", default=None, help="write the report (and every response) as JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=run_eval)
+    return p

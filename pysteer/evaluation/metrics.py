@@ -1,0 +1,250 @@
+"""Instruction-following rate (IFR), response rate (RR) and output quality (OQ).
+
+For N prompts with responses r_1..r_N:
+
+    IFR_strict = (1/N) Σ_n [every instruction of prompt n followed, strict]
+    IFR_loose  = the same with IFEval's loose variants (see checkers.loose_variants)
+    RR         = (1/N) Σ_n [r_n is not empty and not a refusal]
+    OQ         = (1/N) Σ_n q_n,   q_n = 0                                   if r_n is empty
+                                  q_n = [not degenerate(r_n)] · min(1, ppl_ref / ppl_n)   otherwise
+
+where ppl_n is the perplexity of r_n given its chat-templated prompt under the
+*unsteered* model (:func:`response_perplexity`) and ppl_ref (default 20) the
+perplexity at or below which text counts as fully fluent; without a model the
+perplexity factor is 1 and OQ measures degeneration alone. Repetition is not caught
+by perplexity (loops are very predictable), hence the degeneration factor.
+
+The tuner's reward is ``w_ifr·IFR_loose + w_rr·RR + w_oq·OQ`` (:func:`reward`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+from .checkers import check_instruction
+from .errors import EvaluationError
+from .prompts import EvalPrompt
+from .text import words
+
+DEFAULT_PPL_REF = 20.0
+DEFAULT_WEIGHTS = {"ifr": 1.0, "rr": 0.5, "oq": 0.5}
+
+# Openings of refusals and evasions (matched case-insensitively near the start).
+REFUSAL_PATTERNS = (
+    r"i'?m sorry", r"i am sorry", r"sorry, but", r"i apologi[sz]e", r"my apologies",
+    r"i (?:can ?not|can'?t|won'?t|will not|am unable to|'?m unable to|am not able to|'?m not able to)",
+    r"i (?:must|have to) (?:decline|refuse)", r"i'?m not (?:comfortable|allowed|permitted)",
+    r"as an ai\b", r"as a (?:large )?language model", r"i do not (?:feel comfortable|have the ability)",
+    r"it is not appropriate", r"it'?s not appropriate", r"i'?m (?:just )?an ai\b",
+)
+_REFUSAL = re.compile("|".join(f"(?:{p})" for p in REFUSAL_PATTERNS), re.IGNORECASE)
+_REFUSAL_WINDOW = 160  # characters: refusals open the reply; "I can't" deep in an answer is content
+
+
+def is_refusal_or_empty(response: str) -> bool:
+    """True for an empty/whitespace response or one opening with a refusal pattern
+    (:data:`REFUSAL_PATTERNS`, searched in its first 160 characters)."""
+    text = response.strip().replace("’", "'")
+    return not text or _REFUSAL.search(text[:_REFUSAL_WINDOW]) is not None
+
+
+_RULE_CHARS = set("-=_*#.~ \t\n")  # markdown rules and indentation repeat legitimately
+
+
+def degeneration(response: str, *, n: int = 3, max_repetition: float = 0.5, max_run: int = 20,
+                 max_broken: float = 0.02) -> dict:
+    """Signs of degenerate text.
+
+    - ``repetition``: fraction of repeated word n-grams, 1 − #distinct / #total (0 if
+      fewer than n+1 words);
+    - ``longest_run``: longest run of one repeated character (spaces and markdown rule
+      characters excluded);
+    - ``broken``: fraction of characters that are U+FFFD or non-printable control/format
+      characters (newlines and tabs excepted).
+
+    ``is_degenerate`` when repetition > max_repetition, longest_run ≥ max_run or
+    broken > max_broken.
+    """
+    tokens = [w.lower() for w in words(response)]
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    repetition = 1.0 - len(set(grams)) / len(grams) if len(tokens) > n else 0.0
+    longest, run, previous = 0, 0, None
+    for char in response:
+        run = run + 1 if char == previous else 1
+        previous = char
+        if char not in _RULE_CHARS:
+            longest = max(longest, run)
+    bad = sum(c == "\ufffd" or (unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs") and c not in "\n\t\r")
+              for c in response)
+    broken = bad / len(response) if response else 0.0
+    return {"repetition": repetition, "longest_run": longest, "broken": broken,
+            "is_degenerate": repetition > max_repetition or longest >= max_run or broken > max_broken}
+
+
+def _prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
+    """Token ids of the prompt exactly as :func:`pysteer.models.encode_prompts` builds them."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+@torch.no_grad()
+def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
+                        steering=None, batch_size: int = 8, chat: bool = True) -> list[float]:
+    """Perplexity of each response given its prompt: exp(mean_t −log p(r_t | prompt, r_<t)).
+
+    The prompt is chat-templated with the generation prompt (as it was generated);
+    the response is tokenized without special tokens. Sequences are right-padded so
+    positions match an unpadded forward pass. Empty responses get NaN.
+
+    Scored under the *unsteered* model: if ``steering`` (a :class:`pysteer.Steering`)
+    is attached, its rows are set to −1 while scoring and restored afterwards.
+    """
+    if len(prompts) != len(responses):
+        raise EvaluationError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if batch_size < 1:
+        raise EvaluationError(f"batch_size must be ≥ 1, got {batch_size}")
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pairs = [(_prompt_ids(tokenizer, p, chat), tokenizer(r, add_special_tokens=False)["input_ids"])
+             for p, r in zip(prompts, responses)]
+    saved = None
+    if steering is not None:
+        saved = (steering.state.rows, steering.state.prompt_length)
+    out: list[float] = []
+    try:
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            width = max(len(p) + len(r) for p, r in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width, dtype=torch.long)
+            for row, (p, r) in enumerate(chunk):
+                ids[row, :len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
+                mask[row, :len(p) + len(r)] = 1
+            if steering is not None:
+                steering.set_rows([-1] * len(chunk))   # every row unsteered
+                steering.set_prompt_length(0)          # positions="prompt"/"generated" need a length
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            token_lp = logprobs.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
+            for row, (p, r) in enumerate(chunk):
+                if not r:
+                    out.append(float("nan"))
+                    continue
+                nll = -token_lp[row, len(p) - 1:len(p) + len(r) - 1].double().mean().item()
+                out.append(math.exp(nll))
+    finally:
+        if steering is not None:
+            steering.state.rows, steering.state.prompt_length = saved
+    return out
+
+
+@dataclass
+class ResponseScore:
+    """One response: instruction verdicts, response/degeneration flags and perplexity."""
+
+    followed_strict: bool
+    followed_loose: bool
+    per_instruction: dict[str, bool]         # instruction id -> followed (strict)
+    responded: bool
+    degenerate: bool
+    perplexity: Optional[float]
+    per_instruction_loose: dict[str, bool] = field(default_factory=dict)
+    quality: float = 0.0                      # q_n of the module docstring
+
+
+@dataclass
+class EvalReport:
+    """Aggregates over prompts (see the module docstring for the formulas)."""
+
+    ifr_strict: float
+    ifr_loose: float
+    rr: float
+    degenerate_rate: float
+    mean_perplexity: Optional[float]
+    oq: float
+    per_type: dict[str, dict[str, float]]   # instruction id -> {"ifr_strict", "ifr_loose", "n"}
+    scores: list[ResponseScore]
+    n: int = 0
+    ppl_ref: float = DEFAULT_PPL_REF
+    instruction_in_prompt: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def score_responses(prompts: Sequence[EvalPrompt], responses: Sequence[str], *, model=None, tokenizer=None,
+                    steering=None, instruction_in_prompt: bool = True, ppl_ref: float = DEFAULT_PPL_REF,
+                    batch_size: int = 8) -> EvalReport:
+    """Check every response against its prompt's instructions and aggregate IFR/RR/OQ.
+
+    Perplexity is computed only when ``model`` and ``tokenizer`` are given, conditioned
+    on the text that was sent (``prompt``, or ``base_prompt`` when
+    ``instruction_in_prompt`` is False), under the unsteered model (see
+    :func:`response_perplexity`).
+    """
+    if len(prompts) != len(responses):
+        raise EvaluationError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if not prompts:
+        raise EvaluationError("nothing to score: no prompts")
+    if ppl_ref <= 0:
+        raise EvaluationError(f"ppl_ref must be positive, got {ppl_ref}")
+    if (model is None) != (tokenizer is None):
+        raise EvaluationError("pass both model and tokenizer (for perplexity) or neither")
+    perplexities: list[Optional[float]] = [None] * len(prompts)
+    if model is not None:
+        sent = [p.text(instruction_in_prompt) for p in prompts]
+        perplexities = [_finite(v) for v in response_perplexity(model, tokenizer, sent, responses,
+                                                                 steering=steering, batch_size=batch_size)]
+    scores, per_type = [], {}
+    for prompt, response, ppl in zip(prompts, responses, perplexities):
+        strict, loose = {}, {}
+        for instruction_id, kwargs in zip(prompt.instruction_ids, prompt.kwargs):
+            s = check_instruction(instruction_id, kwargs, response, prompt=prompt.prompt)
+            lo = s or check_instruction(instruction_id, kwargs, response, prompt=prompt.prompt, loose=True)
+            strict[instruction_id] = strict.get(instruction_id, True) and s
+            loose[instruction_id] = loose.get(instruction_id, True) and lo
+            tally = per_type.setdefault(instruction_id, {"ifr_strict": 0.0, "ifr_loose": 0.0, "n": 0})
+            tally["ifr_strict"] += s
+            tally["ifr_loose"] += lo
+            tally["n"] += 1
+        degenerate = degeneration(response)["is_degenerate"]
+        fluency = 1.0 if ppl is None else min(1.0, ppl_ref / ppl)
+        quality = 0.0 if not response.strip() else (not degenerate) * fluency
+        scores.append(ResponseScore(all(strict.values()), all(loose.values()), strict,
+                                    not is_refusal_or_empty(response), degenerate, ppl, loose, quality))
+    for tally in per_type.values():
+        tally["ifr_strict"] /= tally["n"]
+        tally["ifr_loose"] /= tally["n"]
+    n = len(scores)
+    known = [s.perplexity for s in scores if s.perplexity is not None]
+    return EvalReport(ifr_strict=sum(s.followed_strict for s in scores) / n,
+                      ifr_loose=sum(s.followed_loose for s in scores) / n,
+                      rr=sum(s.responded for s in scores) / n,
+                      degenerate_rate=sum(s.degenerate for s in scores) / n,
+                      mean_perplexity=sum(known) / len(known) if known else None,
+                      oq=sum(s.quality for s in scores) / n,
+                      per_type=per_type, scores=scores, n=n, ppl_ref=ppl_ref,
+                      instruction_in_prompt=instruction_in_prompt)
+
+
+def reward(report: EvalReport, weights: Optional[dict] = None) -> float:
+    """w_ifr·IFR_loose + w_rr·RR + w_oq·OQ; default weights {"ifr": 1.0, "rr": 0.5, "oq": 0.5}."""
+    weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+    unknown = sorted(set(weights) - set(DEFAULT_WEIGHTS))
+    if unknown:
+        raise EvaluationError(f"reward weights {unknown} are unknown; use keys {sorted(DEFAULT_WEIGHTS)}")
+    return (weights.get("ifr", 0.0) * report.ifr_loose + weights.get("rr", 0.0) * report.rr
+            + weights.get("oq", 0.0) * report.oq)
