@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-chat-template", action="store_true", help="feed the prompt as raw text")
     gen.set_defaults(run=_cmd_generate)
 
+    from pysteer.discovery.cli import register as register_discover
     from pysteer.evaluation.cli import register as register_eval
+    register_discover(commands)
     register_eval(commands)
     return parser
 

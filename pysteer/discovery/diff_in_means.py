@@ -1,0 +1,291 @@
+"""Difference-in-means instruction vectors (Stolfo et al., arXiv 2410.12877).
+
+For pairs of prompts with and without an instruction (chat template applied,
+generation prompt added), let x_ℓ^with, x_ℓ^without [D] be the residual after decoder
+layer ℓ at the last prompt token. Then::
+
+    v_ℓ = mean_p (x_ℓ^with,p − x_ℓ^without,p)        [D]
+    u_ℓ = v_ℓ / ‖v_ℓ‖                                 [D], unit
+    z̄_ℓ = mean_p (x_ℓ^with,p · u_ℓ)                   scalar
+
+and steer every position h [D] at layer ℓ with either
+
+    add:      h' = h + c·u_ℓ               (fixed c; c < 0 excludes, e.g. a keyword)
+    project:  h' = h + (z̄_ℓ − h·u_ℓ)·u_ℓ    (sets the component along u_ℓ to its mean
+                                             value on prompts that carry the instruction)
+
+:func:`layer_search` picks ℓ among candidate layers (from n_layers // 5 upward) by
+instruction-following accuracy on validation prompts, disqualifying layers whose
+outputs degenerate. :func:`compose` stacks two instructions' vectors (possibly at
+different layers); :func:`transfer` moves a spec to another model of the same width
+(e.g. from an instruction-tuned model to its base model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import SteeringSpecError
+from ..patching import decoder_layers, model_facts
+from ..spec import DenseIntervention, SteeringSpec
+from .collect import collect_activations
+from .prompts import BASE_QUERIES, sample, with_instruction
+
+__all__ = ["DiffMeanResult", "diff_in_means", "instruction_vectors", "LayerScore", "LayerSearch",
+           "layer_search", "default_candidate_layers", "compose", "transfer", "evaluation_scorer"]
+
+
+def _facts(model: nn.Module) -> dict[str, Any]:
+    facts = model_facts(model)
+    return {key: facts.get(key) for key in ("name", "hidden_size", "num_hidden_layers")}
+
+
+@dataclass
+class DiffMeanResult:
+    """One layer's instruction vector: ``vector`` v [D], ``direction`` u [D], ``z_bar`` z̄."""
+
+    layer: int
+    vector: torch.Tensor
+    direction: torch.Tensor
+    z_bar: float
+    n_pairs: int
+    instruction: Optional[str] = None
+    model: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def norm(self) -> float:
+        return float(self.vector.norm())
+
+    @classmethod
+    def from_activations(cls, layer: int, x_with: torch.Tensor, x_without: torch.Tensor,
+                         **kwargs: Any) -> "DiffMeanResult":
+        """v = mean(x_with − x_without), u = v/‖v‖, z̄ = mean(x_with·u); inputs [P, D]."""
+        if x_with.shape != x_without.shape or x_with.ndim != 2:
+            raise ValueError(f"x_with and x_without must be aligned [pairs, D] tensors, got "
+                             f"{tuple(x_with.shape)} and {tuple(x_without.shape)}")
+        x_with, x_without = x_with.double(), x_without.double()
+        vector = (x_with - x_without).mean(0)
+        norm = vector.norm()
+        if not torch.isfinite(norm) or norm == 0:
+            raise ValueError(f"layer {layer}: the difference in means is zero or not finite; the "
+                             f"prompts with and without the instruction give the same residuals")
+        direction = vector / norm
+        z_bar = float((x_with @ direction).mean())
+        return cls(int(layer), vector.float(), direction.float(), z_bar, int(x_with.shape[0]), **kwargs)
+
+    def spec(self, mode: str = "project", coefficient: Optional[float] = None,
+             positions: str = "all") -> SteeringSpec:
+        """A one-configuration spec: ``add`` with c = ``coefficient`` (default ‖v‖, i.e. add v),
+        or ``project`` with coefficient z̄ (or ``coefficient`` to override z̄)."""
+        if mode not in ("add", "project"):
+            raise ValueError(f"mode must be 'add' or 'project', got {mode!r}")
+        if coefficient is None:
+            coefficient = self.norm if mode == "add" else self.z_bar
+        iv = DenseIntervention(self.layer, self.direction.unsqueeze(0), [[float(coefficient)]], mode)
+        meta = {"method": "diff_in_means", "instruction": self.instruction, "mode": mode,
+                "layer": self.layer, "z_bar": self.z_bar, "norm": self.norm, "n_pairs": self.n_pairs}
+        return SteeringSpec([iv], positions=positions, model=dict(self.model), metadata=meta)
+
+
+def diff_in_means(model: nn.Module, tokenizer, with_prompts: Sequence[str],
+                  without_prompts: Sequence[str], layers: Sequence[int], *, chat: bool = True,
+                  batch_size: int = 8, progress: bool = True,
+                  instruction: Optional[str] = None) -> dict[int, DiffMeanResult]:
+    """Instruction vectors at each of ``layers`` from aligned prompt pairs (see module doc)."""
+    if len(with_prompts) != len(without_prompts) or not with_prompts:
+        raise ValueError(f"with_prompts and without_prompts must be non-empty and aligned, got "
+                         f"{len(with_prompts)} and {len(without_prompts)}")
+    kwargs = dict(position="last", chat=chat, batch_size=batch_size, progress=progress)
+    acts_with = collect_activations(model, tokenizer, with_prompts, layers, desc="with instruction", **kwargs)
+    acts_without = collect_activations(model, tokenizer, without_prompts, layers,
+                                       desc="without instruction", **kwargs)
+    facts = _facts(model)
+    return {layer: DiffMeanResult.from_activations(layer, acts_with[layer], acts_without[layer],
+                                                   instruction=instruction, model=facts)
+            for layer in acts_with}
+
+
+def instruction_vectors(model: nn.Module, tokenizer, instruction: str, layers: Sequence[int],
+                        base_prompts: Optional[Sequence[str]] = None, *, n_prompts: Optional[int] = None,
+                        placement: str = "after", seed: int = 0, **kwargs: Any) -> dict[int, DiffMeanResult]:
+    """:func:`diff_in_means` with pairs (base, base + instruction) from ``base_prompts``
+    (default: the built-in queries)."""
+    bases = sample(base_prompts or BASE_QUERIES, n_prompts, seed)
+    withs = [with_instruction(b, instruction, placement) for b in bases]
+    return diff_in_means(model, tokenizer, withs, bases, layers, instruction=instruction, **kwargs)
+
+
+# --------------------------------------------------------------------- layer search
+@dataclass
+class LayerScore:
+    accuracy: float  # instruction-following accuracy (IFEval loose) on the validation prompts
+    degenerate_rate: float  # fraction of outputs that are empty, repetitive or broken
+    disqualified: bool = False
+
+
+Scorer = Callable[[nn.Module, Any, Optional[SteeringSpec], Any], "LayerScore | Mapping[str, float]"]
+
+
+def _as_score(value: Any) -> LayerScore:
+    if isinstance(value, LayerScore):
+        return value
+    if isinstance(value, Mapping):
+        return LayerScore(float(value["accuracy"]), float(value.get("degenerate_rate", 0.0)))
+    if hasattr(value, "ifr_loose"):
+        return LayerScore(float(value.ifr_loose), float(getattr(value, "degenerate_rate", 0.0)))
+    accuracy, degenerate = value
+    return LayerScore(float(accuracy), float(degenerate))
+
+
+def evaluation_scorer(max_new_tokens: int = 64, batch_size: int = 8, chat: bool = True,
+                      use_base_prompt: bool = True) -> Scorer:
+    """A scorer over :mod:`pysteer.evaluation`: generate the validation ``EvalPrompt`` s
+    (their ``base_prompt`` — without the instruction text — when ``use_base_prompt``),
+    steered by the spec, and return (IFR loose, degenerate rate)."""
+
+    def score(model: nn.Module, tokenizer, spec: Optional[SteeringSpec], validation: Any) -> LayerScore:
+        from .. import evaluation  # imported lazily: discovery works without it
+        from ..patching import steer
+        prompts = list(validation)
+        texts = [p.text(not use_base_prompt) for p in prompts]
+        kwargs = dict(max_new_tokens=max_new_tokens, chat=chat, batch_size=batch_size)
+        if spec is None:
+            responses = evaluation.generate_responses(model, tokenizer, texts, **kwargs)
+        else:
+            with steer(model, spec) as steering:
+                responses = evaluation.generate_responses(model, tokenizer, texts, steering=steering,
+                                                          rows=0, **kwargs)
+        report = evaluation.score_responses(prompts, responses, instruction_in_prompt=not use_base_prompt)
+        return LayerScore(float(report.ifr_loose), float(report.degenerate_rate))
+
+    return score
+
+
+def default_candidate_layers(model: nn.Module) -> list[int]:
+    """Stolfo et al.'s candidates: every layer from n_layers // 5 upward."""
+    n = len(decoder_layers(model))
+    return list(range(n // 5, n))
+
+
+@dataclass
+class LayerSearch:
+    """Scores per candidate layer; ``best`` is the chosen layer's vector (None if all disqualified)."""
+
+    best_layer: Optional[int]
+    scores: dict[int, LayerScore]
+    baseline: Optional[LayerScore]
+    results: dict[int, DiffMeanResult]
+    mode: str = "project"
+    coefficient: Optional[float] = None
+
+    @property
+    def best(self) -> Optional[DiffMeanResult]:
+        return None if self.best_layer is None else self.results[self.best_layer]
+
+    def spec(self) -> SteeringSpec:
+        if self.best is None:
+            raise SteeringSpecError("every candidate layer was disqualified (degenerate outputs)")
+        spec = self.best.spec(self.mode, self.coefficient)
+        spec.metadata["layer_search"] = {str(k): dataclasses.asdict(v) for k, v in self.scores.items()}
+        return spec
+
+
+def layer_search(model: nn.Module, tokenizer, instruction: str, validation: Any,
+                 scorer: Optional[Scorer] = None, *, candidate_layers: Optional[Sequence[int]] = None,
+                 base_prompts: Optional[Sequence[str]] = None, n_prompts: Optional[int] = None,
+                 mode: str = "project", coefficient: Optional[float] = None,
+                 max_degenerate: float = 0.2, score_baseline: bool = True, placement: str = "after",
+                 chat: bool = True, batch_size: int = 8, progress: bool = True,
+                 seed: int = 0) -> LayerSearch:
+    """Pick the layer whose instruction vector steers best.
+
+    One collection pass computes v_ℓ for every candidate ℓ (default: n_layers // 5 …
+    n_layers − 1). Each layer's spec (``mode``/``coefficient`` as in
+    :meth:`DiffMeanResult.spec`) is scored by ``scorer(model, tokenizer, spec, validation)``
+    → (accuracy, degenerate rate) (default: :func:`evaluation_scorer`). A layer whose
+    degenerate rate exceeds ``max_degenerate`` is disqualified; the best of the rest wins
+    (ties → the earlier layer).
+    """
+    layers = list(candidate_layers) if candidate_layers is not None else default_candidate_layers(model)
+    if not layers:
+        raise ValueError("no candidate layers")
+    scorer = scorer or evaluation_scorer(chat=chat, batch_size=batch_size)
+    results = instruction_vectors(model, tokenizer, instruction, layers, base_prompts,
+                                  n_prompts=n_prompts, placement=placement, seed=seed, chat=chat,
+                                  batch_size=batch_size, progress=progress)
+    baseline = _as_score(scorer(model, tokenizer, None, validation)) if score_baseline else None
+    scores: dict[int, LayerScore] = {}
+    for layer in tqdm(layers, desc="layer search", disable=not progress, unit="layer"):
+        score = _as_score(scorer(model, tokenizer, results[layer].spec(mode, coefficient), validation))
+        score.disqualified = score.degenerate_rate > max_degenerate
+        scores[layer] = score
+    eligible = [layer for layer in layers if not scores[layer].disqualified]
+    best = max(eligible, key=lambda layer: (scores[layer].accuracy, -layers.index(layer)), default=None)
+    return LayerSearch(best, scores, baseline, results, mode, coefficient)
+
+
+# ------------------------------------------------------------- compose and transfer
+def compose(*specs: SteeringSpec) -> SteeringSpec:
+    """One spec applying every intervention of ``specs`` (e.g. a format and a length vector).
+
+    Interventions may sit on different layers or share one (they then apply in order).
+    Every spec must have one configuration, or all the same number; positions must agree.
+    """
+    if len(specs) < 2:
+        raise ValueError("compose needs at least two specs")
+    positions = {s.positions for s in specs}
+    if len(positions) != 1:
+        raise SteeringSpecError(f"cannot compose specs steering different positions: {sorted(positions)}")
+    widths = {s.d_model for s in specs}
+    if len(widths) != 1:
+        raise SteeringSpecError(f"cannot compose specs for different widths: {sorted(widths)}")
+    configs = {s.n_configs for s in specs}
+    if len(configs) != 1:
+        raise SteeringSpecError(f"cannot compose specs with different numbers of configurations: "
+                                f"{sorted(configs)}")
+    interventions = [iv for s in specs for iv in s.interventions]
+    model = dict(specs[0].model)
+    metadata = {"method": "compose", "parts": [dict(s.metadata) for s in specs]}
+    return SteeringSpec(interventions, positions.pop(), model, metadata)
+
+
+def transfer(spec: SteeringSpec, target: "nn.Module | Mapping[str, Any]",
+             layer_map: "str | Mapping[int, int] | None" = None) -> SteeringSpec:
+    """A copy of ``spec`` for another model of the same width (e.g. instruct → base).
+
+    ``target`` is the model (or its facts: hidden_size, num_hidden_layers, name). Layers
+    stay the same (``layer_map=None``), follow a dict, or with ``"relative"`` keep their
+    relative depth (ℓ' = round(ℓ·(n'−1)/(n−1))). The spec's ``model`` becomes the target's;
+    where it came from is kept in ``metadata["transferred_from"]``.
+    """
+    facts = _facts(target) if isinstance(target, nn.Module) else dict(target)
+    width, n_target = facts.get("hidden_size"), facts.get("num_hidden_layers")
+    if width != spec.d_model:
+        raise SteeringSpecError(f"cannot transfer a spec of width {spec.d_model} (made for "
+                                f"{spec.model.get('name') or 'another model'}) to a model of "
+                                f"hidden_size {width}")
+    n_source = spec.model.get("num_hidden_layers")
+    if layer_map == "relative":
+        if not n_source or not n_target:
+            raise SteeringSpecError("layer_map='relative' needs num_hidden_layers of both models")
+        mapping = {l: round(l * (n_target - 1) / max(1, n_source - 1)) for l in spec.layers}
+    elif layer_map is None:
+        mapping = {l: l for l in spec.layers}
+    elif isinstance(layer_map, Mapping):
+        mapping = {l: int(layer_map.get(l, l)) for l in spec.layers}
+    else:
+        raise ValueError(f"layer_map must be None, 'relative' or a dict, got {layer_map!r}")
+    for source, dest in mapping.items():
+        if n_target is not None and not 0 <= dest < n_target:
+            raise SteeringSpecError(f"layer {source} maps to {dest}, outside the target's "
+                                    f"{n_target} layers; pass layer_map=")
+    interventions = [dataclasses.replace(iv, layer=mapping[iv.layer]) for iv in spec.interventions]
+    metadata = dict(spec.metadata, transferred_from=dict(spec.model), layer_map=
+                    {str(k): v for k, v in mapping.items()})
+    return SteeringSpec(interventions, spec.positions, facts, metadata)
