@@ -15,3 +15,18 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(SmolLM2-135M-Instruct, tokenizer), loaded once per session (~30 s on CPU).
+
+    Shared by every test that needs the real model; tests must leave it unsteered
+    (attach steering only inside ``with pysteer.steer(...)``).
+    """
+    from pysteer.models import load_model
+
+    try:
+        return load_model()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))

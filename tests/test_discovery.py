@@ -345,15 +345,6 @@ def test_cli_parses_and_refuses_existing_out(tmp_path):
 
 
 # ------------------------------------------------------------------ SmolLM2 end to end
-@pytest.fixture(scope="module")
-def smollm2():
-    from pysteer.models import load_model
-    try:
-        return load_model()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-
-
 def _changes_output(model, tokenizer, spec, prompt="Describe the sea.") -> tuple[str, str]:
     batch = encode_prompts(tokenizer, [prompt])
     kwargs = dict(attention_mask=batch["attention_mask"], max_new_tokens=8, do_sample=False)

@@ -53,7 +53,7 @@ def _edit_like_pysteer(acts: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor
 
 
 def _oracle(sae, x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    handle = sae.hook_sae_acts_post.add_hook(lambda acts, hook: _edit_like_pysteer(acts, coeffs))
+    sae.hook_sae_acts_post.add_hook(lambda acts, hook: _edit_like_pysteer(acts, coeffs))
     try:
         with torch.no_grad():
             return sae(x)

@@ -1,10 +1,9 @@
 """The embedded default model, SmolLM2-135M-Instruct, steered end to end (CPU, fp32)."""
 
-import pytest
 import torch
 
 import pysteer
-from pysteer.models import encode_prompts, load_model
+from pysteer.models import encode_prompts
 from pysteer.patching import decoder_layers
 from pysteer.sae import random_sae
 
@@ -12,14 +11,6 @@ LAYER = 12
 PROMPTS = ["Name a colour.", "Write one sentence about the moon and the stars at night.",
            "What is two plus two?"]
 NEW_TOKENS = 8
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    try:
-        return load_model()
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
 
 
 def _spec(n_configs=1, positions="all"):
