@@ -89,8 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pysteer.discovery.cli import register as register_discover
     from pysteer.evaluation.cli import register as register_eval
+    from pysteer.training.cli import register as register_train
     register_discover(commands)
     register_eval(commands)
+    register_train(commands)
     return parser
 
 
@@ -100,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (PysteerError, FileNotFoundError, FileExistsError) as exc:
+    except (PysteerError, FileNotFoundError, FileExistsError, IndexError) as exc:
         print(f"pysteer: error: {exc}", file=sys.stderr)
         return 2
 

@@ -6,14 +6,13 @@ reconstruction error. pysteer encodes only the selected features. The two must a
 to fp32 tolerance, for every architecture and every edit mode.
 """
 
-import warnings
-
 import pytest
 import torch
 
 sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is the oracle for these tests")
 
 from pysteer import FeatureEdit, SparseIntervention, load_sae  # noqa: E402
+from sae_lens_zoo import edit_by_hand, random_sae_lens  # noqa: E402
 from pysteer.patching.steered_layer import SteeringState, compile_intervention  # noqa: E402
 
 D_IN, D_SAE = 37, 101  # odd on purpose
@@ -21,39 +20,8 @@ FEATURES = [3, 17, 40, 41, 99, 0]
 EDITS = ["add", "set", "scale", "ablate", "add", "scale"]
 
 
-def _random_sae_lens(architecture: str, seed: int, **extra):
-    torch.manual_seed(seed)
-    cfg_cls, sae_cls = {
-        "standard": (sae_lens.StandardSAEConfig, sae_lens.StandardSAE),
-        "jumprelu": (sae_lens.JumpReLUSAEConfig, sae_lens.JumpReLUSAE),
-        "topk": (sae_lens.TopKSAEConfig, sae_lens.TopKSAE),
-    }[architecture]
-    cfg = cfg_cls(d_in=D_IN, d_sae=D_SAE, dtype="float32", device="cpu", **extra)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sae = sae_cls(cfg, use_error_term=True)
-    with torch.no_grad():
-        sae.W_enc.normal_(0, 0.3)
-        sae.W_dec.normal_(0, 0.3)
-        sae.b_enc.normal_(0, 0.2)
-        sae.b_dec.normal_(0, 0.2)
-        if architecture == "jumprelu":
-            sae.threshold.uniform_(0.0, 0.4)
-    return sae
-
-
-def _edit_like_pysteer(acts: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    """The paper's edit, written out by hand on sae-lens' dense activation tensor."""
-    edited = acts.clone()
-    for column, (feature, edit) in enumerate(zip(FEATURES, EDITS)):
-        f, c = acts[..., feature], coeffs[..., column]
-        edited[..., feature] = {"add": f + c, "set": c.expand_as(f), "scale": f * c,
-                                "ablate": torch.zeros_like(f)}[edit]
-    return edited
-
-
 def _oracle(sae, x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
-    sae.hook_sae_acts_post.add_hook(lambda acts, hook: _edit_like_pysteer(acts, coeffs))
+    sae.hook_sae_acts_post.add_hook(lambda acts, hook: edit_by_hand(acts, FEATURES, EDITS, coeffs))
     try:
         with torch.no_grad():
             return sae(x)
@@ -69,7 +37,7 @@ def _oracle(sae, x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     ("topk", {"k": 9, "rescale_acts_by_decoder_norm": True}),
 ])
 def test_sparse_edit_equals_sae_lens_full_sae(architecture, extra):
-    sae = _random_sae_lens(architecture, seed=len(extra) + len(architecture), **extra)
+    sae = random_sae_lens(architecture, D_IN, D_SAE, seed=len(extra) + len(architecture), **extra)
     x = torch.randn(23, D_IN) * 2.0
     coeffs = torch.tensor([[1.5, -0.7, 2.0, 0.0, 0.3, -1.0]])
     expected = _oracle(sae, x, coeffs[0])
@@ -89,7 +57,7 @@ def test_sparse_edit_equals_sae_lens_full_sae(architecture, extra):
 @pytest.mark.parametrize("architecture,extra", [("standard", {}), ("jumprelu", {}), ("topk", {"k": 7})])
 def test_round_trip_through_sae_lens_directory(tmp_path, architecture, extra):
     """A directory sae-lens saves loads in pysteer; what pysteer saves loads in sae-lens."""
-    original = _random_sae_lens(architecture, seed=3, **extra)
+    original = random_sae_lens(architecture, D_IN, D_SAE, seed=3, **extra)
     original.save_model(tmp_path / "from_sae_lens")
     ours = load_sae(tmp_path / "from_sae_lens")
     ours.save(tmp_path / "from_pysteer")
@@ -103,7 +71,7 @@ def test_round_trip_through_sae_lens_directory(tmp_path, architecture, extra):
 
 
 def test_rows_with_other_configurations_match_each_alone():
-    sae = _random_sae_lens("jumprelu", seed=5)
+    sae = random_sae_lens("jumprelu", D_IN, D_SAE, seed=5)
     x = torch.randn(6, D_IN)
     table = torch.tensor([[1.0, 1.0, 1.0, 0.0, 1.0, 1.0], [-2.0, 0.5, 3.0, 0.0, 0.0, 0.5]])
     iv = SparseIntervention.from_sae(load_sae(sae), FEATURES, table, EDITS, layer=0)

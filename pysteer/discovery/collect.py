@@ -32,7 +32,6 @@ Two pieces, both with a bounded memory footprint:
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
@@ -42,47 +41,13 @@ from tqdm.auto import tqdm
 
 from ..sae import SAE, load_sae
 from ..patching import decoder_layers
+from ..patching.capture import residuals_after
 from ..models import encode_prompts
 
 POSITIONS = ("last", "keyword", "all")
 
 __all__ = ["POSITIONS", "ActivationBatch", "iter_activations", "collect_activations",
            "FeatureStats", "format_prompts", "keyword_positions"]
-
-
-# ----------------------------------------------------------------- residual capture
-class _StopForward(Exception):
-    """Raised by the deepest capture hook: the layers above it are not needed."""
-
-
-@contextlib.contextmanager
-def _capture(model: nn.Module, layers: Sequence[int], store: dict):
-    """Forward hooks that put the output hidden states of each layer into ``store``.
-
-    Hooks are fine here: collection is not the steering hot path. They are removed in
-    ``finally`` even when the forward pass is cut short.
-    """
-    blocks = decoder_layers(model)
-    deepest = max(layers)
-    handles = []
-
-    def make(index: int):
-        def hook(module, args, output):
-            store[index] = output[0] if isinstance(output, tuple) else output
-            if index == deepest:
-                raise _StopForward
-        return hook
-
-    try:
-        for index in sorted(set(layers)):
-            if not -len(blocks) <= index < len(blocks):
-                raise IndexError(f"layer {index} is out of range: the model has {len(blocks)} "
-                                 f"decoder layers")
-            handles.append(blocks[index].register_forward_hook(make(index)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def format_prompts(tokenizer, prompts: Sequence[str], chat: bool = True) -> list[str]:
@@ -158,12 +123,7 @@ def iter_activations(model: nn.Module, tokenizer, prompts: Sequence[str], layers
         chunk = list(prompts[start:start + batch_size])
         batch = encode_prompts(tokenizer, chunk, chat=chat, device=device)
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        store: dict[int, torch.Tensor] = {}
-        with torch.no_grad(), _capture(model, layers, store):
-            try:
-                model(input_ids=ids, attention_mask=mask, use_cache=False)
-            except _StopForward:
-                pass
+        store = residuals_after(model, ids, mask, layers)
         rows = torch.arange(len(chunk), device=device)
         if position == "last":
             index = (rows, torch.full_like(rows, ids.shape[1] - 1))
