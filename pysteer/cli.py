@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pysteer.discovery.cli import register as register_discover
     from pysteer.evaluation.cli import register as register_eval
     from pysteer.training.cli import register as register_train
+    from pysteer.tuner.cli import register as register_tune
     register_discover(commands)
+    register_tune(commands)
     register_eval(commands)
     register_train(commands)
     return parser

@@ -187,13 +187,14 @@ def _finite(value: Optional[float]) -> Optional[float]:
 
 def score_responses(prompts: Sequence[EvalPrompt], responses: Sequence[str], *, model=None, tokenizer=None,
                     steering=None, instruction_in_prompt: bool = True, ppl_ref: float = DEFAULT_PPL_REF,
-                    batch_size: int = 8) -> EvalReport:
+                    batch_size: int = 8, perplexities: Optional[Sequence[float]] = None) -> EvalReport:
     """Check every response against its prompt's instructions and aggregate IFR/RR/OQ.
 
     Perplexity is computed only when ``model`` and ``tokenizer`` are given, conditioned
     on the text that was sent (``prompt``, or ``base_prompt`` when
     ``instruction_in_prompt`` is False), under the unsteered model (see
-    :func:`response_perplexity`).
+    :func:`response_perplexity`) — unless ``perplexities`` were already computed
+    (e.g. for many candidates' responses in one pass).
     """
     if len(prompts) != len(responses):
         raise EvaluationError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -203,8 +204,13 @@ def score_responses(prompts: Sequence[EvalPrompt], responses: Sequence[str], *, 
         raise EvaluationError(f"ppl_ref must be positive, got {ppl_ref}")
     if (model is None) != (tokenizer is None):
         raise EvaluationError("pass both model and tokenizer (for perplexity) or neither")
-    perplexities: list[Optional[float]] = [None] * len(prompts)
-    if model is not None:
+    if perplexities is not None:
+        if len(perplexities) != len(prompts):
+            raise EvaluationError(f"{len(perplexities)} perplexities for {len(prompts)} prompts")
+        perplexities = [_finite(v) for v in perplexities]
+    elif model is None:
+        perplexities = [None] * len(prompts)
+    else:
         sent = [p.text(instruction_in_prompt) for p in prompts]
         perplexities = [_finite(v) for v in response_perplexity(model, tokenizer, sent, responses,
                                                                  steering=steering, batch_size=batch_size)]

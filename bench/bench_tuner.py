@@ -1,0 +1,139 @@
+"""Batched vs sequential candidate evaluation in the BoTorch tuner, wall-clock.
+
+Both modes run the same tuning job — SmolLM2-135M-Instruct, a random JumpReLU SAE
+576×2048 on layer 15, 30 features (15 ``add`` supportive, 15 ``add`` opposing), a
+minibatch of builtin prompts (one per instruction type), q = 8 candidates per round,
+2 rounds (Sobol, then qLogNEI), 24-token greedy responses, reward = IFR + RR + OQ
+with perplexity under the unsteered model — and so make the same number of
+evaluations. ``batched`` puts all q × P rows in one generation (one spec with q
+configuration rows); ``sequential`` attaches one spec and generates per candidate
+(the papers' loop). Reported: the whole tuning wall-clock, the evaluation part
+(generation + scoring) and the rest (GP fit + acquisition), and the speedups.
+
+Before timing, the two modes must produce the same rewards round by round (greedy
+decoding; the candidates of round 1 then match too): the refcheck.
+
+    python bench/bench_tuner.py                 # ~5 min on 2 CPU cores
+    python bench/bench_tuner.py --prompts 4 --rounds 2 --q 8
+
+Writes bench/results/tuner-<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import device_info, print_table, save_rows  # noqa: E402
+
+import pysteer  # noqa: E402
+from pysteer.evaluation import builtin_prompts  # noqa: E402
+from pysteer.models import load_model  # noqa: E402
+from pysteer.sae import random_sae  # noqa: E402
+from pysteer.tuner import AcquisitionOptions, make_objective, search_space, tune  # noqa: E402
+
+TARGET_SPEEDUP = 4.0
+LAYER, D_SAE, N_FEATURES = 15, 2048, 30
+
+
+def one_per_type(n: int) -> list:
+    """The first train prompt of each instruction type, up to ``n`` prompts."""
+    seen, out = set(), []
+    for p in builtin_prompts("train"):
+        kind = tuple(p.instruction_ids)
+        if kind not in seen:
+            seen.add(kind)
+            out.append(p)
+    return out[:n]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=6, help="minibatch size (default 6)")
+    ap.add_argument("--q", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default=None, help="directory for the JSON rows (default bench/results)")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    shared_note = ("CPU shared with other jobs while measured: absolute times are noisy, the "
+                   "ratio less so" if device.type == "cpu" else None)
+    info = device_info(device)
+    print(f"device {device} ({info['device_name']}), threads {torch.get_num_threads()}"
+          + (f" — NOTE: {shared_note}" if shared_note else ""))
+
+    model, tokenizer = load_model(device=device)
+    d_model = model.config.hidden_size
+    sae = random_sae(d_model, D_SAE, "jumprelu", seed=0)
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randperm(D_SAE, generator=gen)[:N_FEATURES].tolist()
+    row = [2.0] * (N_FEATURES // 2) + [-2.0] * (N_FEATURES - N_FEATURES // 2)  # supportive, opposing
+    iv = pysteer.SparseIntervention.from_sae(sae, features, [row], "add", layer=LAYER)
+    template = pysteer.SteeringSpec([iv], model=pysteer.patching.model_facts(model))
+    space = search_space(template)
+    prompts = one_per_type(args.prompts)
+    print(f"{space.d} coefficients in {tuple(space.lower[:1].tolist() + space.upper[:1].tolist())}, "
+          f"{len(prompts)} prompts, q={args.q}, {args.rounds} rounds, {args.max_new_tokens} new tokens")
+
+    # Warm-up (allocator, kernels, tokenizer caches) outside the timed runs.
+    warm = make_objective("batched", model, tokenizer, space, prompts[:2], max_new_tokens=4)
+    warm.evaluate(space.vector().unsqueeze(0).repeat(2, 1))
+
+    options = AcquisitionOptions()
+    runs = {}
+    for mode in ("sequential", "batched"):
+        objective = make_objective(mode, model, tokenizer, space, prompts,
+                                   max_new_tokens=args.max_new_tokens, seed=0)
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            result = tune(objective, space, Path(tmp) / "run", rounds=args.rounds, q=args.q, seed=0,
+                          initial=space.vector().unsqueeze(0), options=options, progress=True)
+            total = time.perf_counter() - start
+        records = result.history.records
+        eval_s = sum({r.round: r.seconds for r in records}.values())
+        runs[mode] = {"total_s": total, "eval_s": eval_s, "rewards": [r.reward for r in records],
+                      "best": result.best.reward, "n_evaluations": len(records)}
+        print(f"{mode}: total {total:.1f} s, evaluation {eval_s:.1f} s, best reward {result.best.reward:.4f}")
+
+    seq, bat = runs["sequential"], runs["batched"]
+    same = len(seq["rewards"]) == len(bat["rewards"]) and all(
+        math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) for a, b in zip(seq["rewards"], bat["rewards"]))
+    if not same:
+        print("REFCHECK FAILED: batched and sequential rewards differ:\n"
+              f"  sequential {seq['rewards']}\n  batched    {bat['rewards']}")
+    rows = []
+    for mode, run in runs.items():
+        rows.append({
+            "bench": "tuner", "mode": mode, "model": "SmolLM2-135M-Instruct (fp32)",
+            "sae": f"random jumprelu {d_model}x{D_SAE}", "layer": LAYER, "n_features": N_FEATURES,
+            "q": args.q, "rounds": args.rounds, "prompts": len(prompts),
+            "max_new_tokens": args.max_new_tokens, "evaluations": run["n_evaluations"],
+            "total_s": round(run["total_s"], 2), "eval_s": round(run["eval_s"], 2),
+            "bo_s": round(run["total_s"] - run["eval_s"], 2), "best_reward": run["best"],
+            "speedup_total": round(seq["total_s"] / run["total_s"], 2),
+            "speedup_eval": round(seq["eval_s"] / run["eval_s"], 2),
+            "target_speedup": TARGET_SPEEDUP if mode == "batched" else None,
+            "meets_target": (seq["total_s"] / run["total_s"] >= TARGET_SPEEDUP) if mode == "batched" else None,
+            "same_rewards": same, "note": shared_note,
+        })
+    print_table(rows, ["mode", "evaluations", ("total_s", "total s"), ("eval_s", "eval s"), ("bo_s", "BO s"),
+                       ("speedup_total", "speedup"), ("speedup_eval", "eval speedup"),
+                       ("meets_target", f"≥{TARGET_SPEEDUP:g}x"), ("same_rewards", "refcheck")])
+    path = save_rows("tuner", rows, device, args.out)
+    print(f"saved {path}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
