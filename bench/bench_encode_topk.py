@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (RefcheckError, allow_many_recompiles, check_close, dtype_name,  # noqa: E402
+from harness import (RefcheckError, add_speedups, allow_many_recompiles, check_close, dtype_name,  # noqa: E402
                      fits_in_memory, make_parser, measure_ceilings, parse_args, peak_memory_bytes,
                      print_table, report, run_impl, save_rows)
 
@@ -118,12 +118,8 @@ def bench_case(sae: dict, T: int, k: int, args, ceilings: dict, compiled) -> lis
                   "k": k, "skipped": f"unfused baseline does not fit: {why}", "quick": args.quick}
                  for n in ("torch-eager", "torch-compile")]
 
-    eager = next((r.get("median_ms") for r in rows if r["impl"] == "torch-eager"), None)
-    comp = next((r.get("median_ms") for r in rows if r["impl"] == "torch-compile"), None)
+    add_speedups(rows, {"vs_eager": "torch-eager", "vs_compile": "torch-compile"})
     for row in rows:
-        if "median_ms" in row:
-            row["vs_eager"] = eager / row["median_ms"] if eager else None
-            row["vs_compile"] = comp / row["median_ms"] if comp else None
         if not (on_gpu and row.get("backend") in ("cuda", "triton")):
             continue
         if T >= TARGET_T and row.get("peak_vs_TxF") is not None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (check_close, dtype_name, fits_in_memory, make_parser,  # noqa: E402
+from harness import (add_speedups, check_close, dtype_name, fits_in_memory, make_parser,  # noqa: E402
                      measure_ceilings, parse_args, print_table, report, run_impl, save_rows)
 
 from pysteer import ops  # noqa: E402
@@ -92,12 +92,8 @@ def bench_case(sae: dict, T: int, k: int, args, ceilings: dict) -> list[dict]:
         rows.append({"impl": "torch-dense", "bench": "sparse_decode", "dtype": dtype_name(dtype), "T": T,
                      "D": D, "F": F_, "k": k, "skipped": f"does not fit: {why}", "quick": args.quick})
 
-    embag = next((r.get("median_ms") for r in rows if r["impl"] == "torch-embedding_bag"), None)
-    dense_ms = next((r.get("median_ms") for r in rows if r["impl"] == "torch-dense"), None)
+    add_speedups(rows, {"vs_embag": "torch-embedding_bag", "vs_dense": "torch-dense"})
     for row in rows:
-        if "median_ms" in row:
-            row["vs_embag"] = embag / row["median_ms"] if embag else None
-            row["vs_dense"] = dense_ms / row["median_ms"] if dense_ms else None
         if on_gpu and row.get("backend") in ("cuda", "triton") and T == TARGET_T and k == TARGET_K \
                 and "median_ms" in row:
             row["target_bw"] = row["frac_copy"] >= BW_TARGET

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (allow_many_recompiles, check_close, dtype_name, make_parser,  # noqa: E402
+from harness import (add_speedups, allow_many_recompiles, check_close, dtype_name, make_parser,  # noqa: E402
                      measure_ceilings, parse_args, print_table, report, run_impl,
                      save_rows)
 
@@ -152,12 +152,7 @@ def bench_case(op: str, T: int, D: int, args, ceilings: dict, compiled: dict) ->
         if is_kernel and T <= LATENCY_TARGET_MAX_T and "graph_us" in row:
             row["target_latency"] = row["graph_us"] <= LATENCY_TARGET_US
         rows.append(row)
-    eager = next((r.get("median_ms") for r in rows if r["impl"] == "torch-eager"), None)
-    comp = next((r.get("median_ms") for r in rows if r["impl"] == "torch-compile"), None)
-    for row in rows:
-        if "median_ms" in row:
-            row["vs_eager"] = eager / row["median_ms"] if eager else None
-            row["vs_compile"] = comp / row["median_ms"] if comp else None
+    add_speedups(rows, {"vs_eager": "torch-eager", "vs_compile": "torch-compile"})
     return rows
 
 

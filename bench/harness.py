@@ -509,3 +509,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
           f"{dtype_name(args.dtype)}, backends {args.backends or 'none'}"
           + (", quick" if args.quick else ""))
     return args
+
+
+def add_speedups(rows: list[dict], baselines: dict[str, str]) -> None:
+    """``row[key] = baseline median / row median`` for each ``key: baseline impl`` (None if absent)."""
+    medians = {row["impl"]: row.get("median_ms") for row in rows}
+    for row in rows:
+        if "median_ms" in row:
+            for key, impl in baselines.items():
+                row[key] = medians[impl] / row["median_ms"] if medians.get(impl) else None
