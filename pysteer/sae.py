@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -29,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import SAEFormatError
+from .fileio import read_json_object, staged_directory
 
 ARCHITECTURES = ("standard", "jumprelu", "topk")
 SAE_LENS_CFG = "cfg.json"
@@ -190,8 +189,6 @@ class SAE:
         ``overwrite=True``.
         """
         path = Path(path)
-        if path.exists() and any(path.iterdir()) and not overwrite:
-            raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
         if self.feature_scale is not None:
             # sae-lens recomputes the scale from the W_dec norms, so store the decoder
             # un-normalised: W_dec·scale has norms equal to scale.
@@ -214,17 +211,9 @@ class SAE:
         if self.architecture == "topk":
             cfg["k"] = int(self.k)
             cfg["rescale_acts_by_decoder_norm"] = self.feature_scale is not None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with staged_directory(path, overwrite) as staging:
             save_file(tensors, str(staging / SAE_LENS_WEIGHTS))
             (staging / SAE_LENS_CFG).write_text(json.dumps(cfg, indent=2, default=str))
-            if path.exists():
-                shutil.rmtree(path)
-            staging.rename(path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return path
 
 
@@ -251,12 +240,7 @@ def _load_directory(path: Path) -> SAE:
     if not cfg_path.is_file():
         raise SAEFormatError(f"{cfg_path}: missing (an SAE directory holds cfg.json and "
                              f"{SAE_LENS_WEIGHTS} or {SPARSIFY_WEIGHTS})")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SAEFormatError(f"{cfg_path}: not valid JSON ({exc})") from None
-    if not isinstance(cfg, dict):
-        raise SAEFormatError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
+    cfg = read_json_object(cfg_path, SAEFormatError)
     if (path / SAE_LENS_WEIGHTS).is_file():
         return _from_sae_lens_dict(cfg, _read_weights(path / SAE_LENS_WEIGHTS), str(path))
     if (path / SPARSIFY_WEIGHTS).is_file():

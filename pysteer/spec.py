@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -34,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import SAEFormatError, SteeringSpecError
+from .fileio import read_json_object, staged_directory
 from .ops.modes import DenseEdit, FeatureEdit
 from .sae import SAE, load_sae
 
@@ -216,9 +215,6 @@ class SteeringSpec:
     # ------------------------------------------------------------------- file form
     def save(self, path: "str | os.PathLike", overwrite: bool = False) -> Path:
         """Write ``path/steering.json`` + ``path/steering.safetensors`` (atomically)."""
-        path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         tensors: dict[str, torch.Tensor] = {}
         entries = []
         for n, iv in enumerate(self.interventions):
@@ -240,18 +236,10 @@ class SteeringSpec:
         doc = {"format": "pysteer.steering", "version": FORMAT_VERSION, "positions": self.positions,
                "model": self.model, "metadata": self.metadata, "interventions": entries}
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with staged_directory(path, overwrite) as staging:
             save_file(tensors, str(staging / SPEC_TENSORS))
             (staging / SPEC_JSON).write_text(json.dumps(doc, indent=2))
-            if path.exists():
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            staging.rename(path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: "str | os.PathLike", saes: Optional[dict[str, SAE]] = None) -> "SteeringSpec":
@@ -262,11 +250,8 @@ class SteeringSpec:
             if not needed.is_file():
                 raise SteeringSpecError(f"{needed}: missing (a steering spec is a directory holding "
                                         f"{SPEC_JSON} and {SPEC_TENSORS})")
-        try:
-            doc = json.loads(json_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SteeringSpecError(f"{json_path}: not valid JSON ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("format") != "pysteer.steering":
+        doc = read_json_object(json_path, SteeringSpecError)
+        if doc.get("format") != "pysteer.steering":
             raise SteeringSpecError(f"{json_path}: not a pysteer steering file (no \"format\": "
                                     f"\"pysteer.steering\")")
         if doc.get("version") != FORMAT_VERSION:

@@ -14,7 +14,8 @@ from pysteer import SparseIntervention, SteeringSpec, steer
 from pysteer.sae import random_sae
 from pysteer.tuner import (AcquisitionOptions, BatchedObjective, Box, History, SequentialObjective,
                            TunerError, load_stats, search_space, tune)
-from pysteer.tuner.history import write_json_atomic
+import pysteer.fileio
+from pysteer.fileio import write_json_atomic
 
 CHEAP = AcquisitionOptions(num_restarts=2, raw_samples=32, mc_samples=32, maxiter=20)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -118,11 +119,10 @@ def test_history_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "history.json"
     write_json_atomic(path, {"round": 1})
 
-    def broken_dump(doc, f, **kwargs):
-        f.write('{"round": 2, "records": [')  # half a document, then the "crash"
+    def crash(fd):  # the new document is written to the temp file, then the "crash"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(json, "dump", broken_dump)
+    monkeypatch.setattr(pysteer.fileio.os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
         write_json_atomic(path, {"round": 2})
     monkeypatch.undo()

@@ -7,13 +7,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..fileio import write_json_atomic
 from .errors import CheckerUnavailableError, EvaluationError
 from .metrics import DEFAULT_PPL_REF, EvalReport, reward
 
@@ -108,10 +107,7 @@ def run_eval(args: argparse.Namespace) -> int:
             "reward": reward(report), "report": report.to_dict(),
             "responses": [{"key": p.key, "prompt": t, "instruction_ids": p.instruction_ids, "response": r}
                           for p, t, r in zip(prompts, texts, responses)]}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
-        os.replace(tmp, out)
+        write_json_atomic(out, payload, ensure_ascii=False)
         print(f"saved {out}")
     return 0
 

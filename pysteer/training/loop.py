@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..fileio import read_json_object, write_json_atomic
 from ..sae import SAE, dtype_name
 from .errors import TrainingError
 from .activations import ActivationSource, BufferState, ShuffleBuffer
@@ -71,15 +72,6 @@ def evaluate_sae(sae: SAE, x: torch.Tensor, chunk: int = 2048) -> dict:
     return reconstruction_metrics(x, torch.cat(hats), torch.cat(nonzero))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _save_checkpoint(directory: Path, state: dict, trainers: dict[int, TopKTrainer]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     name = f"state-{state['step']:08d}.safetensors"
@@ -89,7 +81,7 @@ def _save_checkpoint(directory: Path, state: dict, trainers: dict[int, TopKTrain
     tmp = directory / (name + ".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, directory / name)
-    _atomic_write_text(directory / STATE_FILE, json.dumps(dict(state, tensors=name), indent=1))
+    write_json_atomic(directory / STATE_FILE, dict(state, tensors=name))
     for old in directory.glob("state-*.safetensors*"):
         if old.name != name:
             old.unlink()
@@ -137,7 +129,7 @@ def train_saes(source: ActivationSource, config: TrainConfig, out: "str | os.Pat
                 for layer in layers}
     state_path = ckpt / STATE_FILE
     if state_path.is_file():
-        saved = json.loads(state_path.read_text())
+        saved = read_json_object(state_path, TrainingError)
         _check_fingerprint(saved["fingerprint"], json.loads(json.dumps(fingerprint)), state_path)
         tensors = load_file(str(ckpt / saved["tensors"]))
         for layer, trainer in trainers.items():

@@ -22,7 +22,6 @@ by name (``"L15/f123/add"``) or index.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 
 from ..errors import PysteerError
+from ..fileio import read_json_object
 from ..ops.modes import DenseEdit, FeatureEdit
 from ..spec import SparseIntervention, SteeringSpec
 
@@ -232,18 +232,7 @@ count by their largest.
     ``layer`` may be omitted: the statistics then apply to the feature at any layer.
     """
     where = str(source) if not isinstance(source, Mapping) else "<stats>"
-    if isinstance(source, Mapping):
-        doc = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise TunerError(f"{path}: statistics file not found")
-        try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise TunerError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(doc, Mapping):
-        raise TunerError(f"{where}: expected a JSON object")
+    doc = source if isinstance(source, Mapping) else read_json_object(source, TunerError)
     if "layers" in doc:
         out: FeatureStatsTable = {}
         for layer, block in doc["layers"].items():

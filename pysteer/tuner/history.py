@@ -10,14 +10,13 @@ never a half-written one.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..fileio import read_json_object, write_json_atomic
 from .bounds import Box, TunerError
 
 HISTORY_FORMAT, HISTORY_VERSION = "pysteer.tuner.history", 1
@@ -66,15 +65,12 @@ class History:
                 "records": [asdict(r) for r in self.records]}
 
     def save(self, path: Path) -> None:
-        write_json_atomic(path, self.to_dict())
+        write_json_atomic(path, self.to_dict(), allow_nan=False)
 
     @classmethod
     def load(cls, path: Path) -> "History":
-        try:
-            doc = json.loads(Path(path).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise TunerError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("format") != HISTORY_FORMAT:
+        doc = read_json_object(path, TunerError)
+        if doc.get("format") != HISTORY_FORMAT:
             raise TunerError(f"{path}: not a pysteer tuner history (no \"format\": \"{HISTORY_FORMAT}\")")
         if doc.get("version") != HISTORY_VERSION:
             raise TunerError(f"{path}: history version {doc.get('version')!r} is not supported")
@@ -84,28 +80,6 @@ class History:
                        records, doc.get("settings") or {})
         except (KeyError, TypeError) as exc:
             raise TunerError(f"{path}: malformed history ({exc})") from None
-
-
-def write_json_atomic(path: Path, doc: Any) -> None:
-    """Write ``doc`` as JSON to ``path``: temp file in the same directory, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a history is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def json_safe(value: Any) -> Any:
