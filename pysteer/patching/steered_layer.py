@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from transformers.cache_utils import Cache
 
 from .. import ops
 from ..errors import SteeringSpecError
@@ -142,22 +143,18 @@ class SteeredLayer(nn.Module):
         self.interventions = nn.ModuleList(interventions)
         self.state = state
 
-    def _cache_start(self, kwargs: dict[str, Any]) -> int:
-        """Tokens already cached at this layer = absolute position of this call's first token."""
+    def _cache_start(self, args: tuple, kwargs: dict[str, Any]) -> int:
+        """Tokens already cached at this layer = absolute position of this call's first token.
+
+        Families pass the KV cache by keyword or by position (GPT-2), so look for it by type.
+        """
         if self.state.positions == "all":
             return 0
-        cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
-        if cache is None or not hasattr(cache, "get_seq_length"):
-            return 0
-        return int(cache.get_seq_length(self.layer_index))
+        cache = next((a for a in (*args, *kwargs.values()) if isinstance(a, Cache)), None)
+        return 0 if cache is None else int(cache.get_seq_length(self.layer_index))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if len(args) > 1 and self.state.positions != "all" and "past_key_values" not in kwargs:
-            # GPT-2 passes the cache positionally as the second argument.
-            kwargs_view = dict(kwargs, past_key_values=args[1])
-        else:
-            kwargs_view = kwargs
-        start = self._cache_start(kwargs_view)  # read before the layer appends to its cache
+        start = self._cache_start(args, kwargs)  # read before the layer appends to its cache
         out = self.layer(*args, **kwargs)
         hidden = out[0] if isinstance(out, tuple) else out
         steered = hidden
