@@ -29,7 +29,8 @@ from .modes import DenseEdit, FeatureEdit
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-__all__ = ["sparse_steer_", "check_sparse_steer_args", "launch_sparse_steer_", "dense_steer_", "encode_topk", "sparse_decode", "FeatureEdit",
+__all__ = ["sparse_steer_", "check_sparse_steer_args", "launch_sparse_steer_",
+           "check_dense_steer_args", "launch_dense_steer_", "dense_steer_", "encode_topk", "sparse_decode", "FeatureEdit",
            "DenseEdit", "BACKENDS", "set_backend", "use_backend", "available_backends",
            "active_backend_name", "FLOAT_DTYPES"]
 
@@ -113,20 +114,28 @@ def launch_sparse_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, enc_
                          feature_acts: Optional[Tensor] = None) -> Tensor:
     """:func:`sparse_steer_` for callers that validated the weights once already (a steered
     layer does at attach time): only ``hidden`` is checked against them here."""
-    _check(hidden.ndim == 2 and hidden.is_contiguous() and hidden.shape[1] == dec_rows.shape[1],
-           f"hidden must be a contiguous [tokens, {dec_rows.shape[1]}] tensor, got {tuple(hidden.shape)}")
-    _check(hidden.dtype == dec_rows.dtype and hidden.device == dec_rows.device,
-           f"hidden is {hidden.dtype} on {hidden.device} but the steering weights are "
-           f"{dec_rows.dtype} on {dec_rows.device}")
+    _check_hidden_fits(hidden, dec_rows)
     if hidden.shape[0]:
         _run(library.sparse_steer_op, "sparse_steer_", hidden.device, hidden, row_index, coeffs,
              enc_rows, enc_bias, threshold, dec_rows, input_offset, edit_modes, feature_acts)
     return hidden
 
 
-def dense_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, directions: Tensor,
-                 dense_modes: Tensor) -> Tensor:
-    """Dense steering in place: add c·u, or project h + (z̄ − h·u)·u; returns ``hidden``."""
+def _check_hidden_fits(hidden: Tensor, weights: Tensor) -> None:
+    """The per-call check of a steered layer: ``hidden`` matches weights validated earlier.
+
+    Messages are only formatted on failure: this runs for every layer and decode step."""
+    if not (hidden.ndim == 2 and hidden.is_contiguous() and hidden.shape[1] == weights.shape[1]):
+        raise ValueError(f"hidden must be a contiguous [tokens, {weights.shape[1]}] tensor, "
+                         f"got {tuple(hidden.shape)}")
+    if hidden.dtype != weights.dtype or hidden.device != weights.device:
+        raise ValueError(f"hidden is {hidden.dtype} on {hidden.device} but the steering weights "
+                         f"are {weights.dtype} on {weights.device}")
+
+
+def check_dense_steer_args(hidden: Tensor, row_index: Tensor, coeffs: Tensor, directions: Tensor,
+                           dense_modes: Tensor) -> None:
+    """Every metadata check of :func:`dense_steer_`; raises ``ValueError`` naming the argument."""
     _check_hidden(hidden)
     _check(directions.ndim == 2 and directions.shape[1] == hidden.shape[1],
            f"directions must be [K, {hidden.shape[1]}], got {tuple(directions.shape)}")
@@ -134,6 +143,19 @@ def dense_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, directions: 
     _check_rows(hidden, row_index, coeffs, n_dir)
     _check_tensor(directions, "directions", (n_dir, hidden.shape[1]), hidden.dtype, hidden.device)
     _check_tensor(dense_modes, "dense_modes", (n_dir,), torch.int8, hidden.device)
+
+
+def dense_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, directions: Tensor,
+                 dense_modes: Tensor) -> Tensor:
+    """Dense steering in place: add c·u, or project h + (z̄ − h·u)·u; returns ``hidden``."""
+    check_dense_steer_args(hidden, row_index, coeffs, directions, dense_modes)
+    return launch_dense_steer_(hidden, row_index, coeffs, directions, dense_modes)
+
+
+def launch_dense_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, directions: Tensor,
+                        dense_modes: Tensor) -> Tensor:
+    """:func:`dense_steer_` for callers that validated the directions once already."""
+    _check_hidden_fits(hidden, directions)
     if hidden.shape[0]:
         _run(library.dense_steer_op, "dense_steer_", hidden.device, hidden, row_index, coeffs,
              directions, dense_modes)

@@ -121,9 +121,13 @@ class _CompiledDense(nn.Module):
                              persistent=False)
         self.register_buffer("dense_modes", torch.tensor([int(e) for e in iv.edits], dtype=torch.int8,
                                                          device=device), persistent=False)
+        # Validate once here; each call then only checks the hidden states.
+        ops.check_dense_steer_args(torch.empty(0, self.directions.shape[1], device=device, dtype=dtype),
+                                   torch.empty(0, dtype=torch.int32, device=device), self.coeffs,
+                                   self.directions, self.dense_modes)
 
     def apply_(self, hidden: Tensor, row_index: Tensor) -> None:
-        ops.dense_steer_(hidden, row_index, self.coeffs, self.directions, self.dense_modes)
+        ops.launch_dense_steer_(hidden, row_index, self.coeffs, self.directions, self.dense_modes)
 
 
 def compile_intervention(iv: Any, device: torch.device, dtype: torch.dtype) -> nn.Module:
