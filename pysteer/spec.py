@@ -21,6 +21,7 @@ SAE's directory path and reload it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -207,7 +208,6 @@ class SteeringSpec:
         """A copy whose interventions use the given coefficient tables (one per intervention)."""
         if len(tables) != len(self.interventions):
             raise SteeringSpecError(f"{len(tables)} tables for {len(self.interventions)} interventions")
-        import dataclasses
         return SteeringSpec([dataclasses.replace(iv, coefficients=t) for iv, t in
                              zip(self.interventions, tables)], self.positions, dict(self.model),
                             dict(self.metadata))
