@@ -2,6 +2,7 @@
 
     pysteer info                                   backends, extension, default model
     pysteer generate --prompt "..." [--steering DIR] [--config 0] [--max-new-tokens 64]
+    pysteer discover | tune | eval | train-sae | demo    (see each command's --help)
 """
 
 from __future__ import annotations
@@ -89,12 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pysteer.discovery.cli import register as register_discover
     from pysteer.evaluation.cli import register as register_eval
+    from pysteer.experiment.cli import register as register_demo
     from pysteer.training.cli import register as register_train
     from pysteer.tuner.cli import register as register_tune
     register_discover(commands)
     register_tune(commands)
     register_eval(commands)
     register_train(commands)
+    register_demo(commands)
     return parser
 
 

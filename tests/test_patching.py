@@ -109,3 +109,32 @@ def test_several_layers_and_dense_interventions_compose(model):
             logits_sparse = model(ids, attention_mask=mask).logits
     assert not torch.allclose(logits_both, logits_sparse)
     assert not any(isinstance(layer, SteeredLayer) for layer in decoder_layers(model))
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
+def test_repeated_prompts_share_the_prefill_below_the_steered_layer(model, positions):
+    """q candidates × P prompts: the layers below the first steered one see each distinct
+    prompt once, and the generated tokens and scores equal an ordinary generation."""
+    seqs = prompts(lengths=(5, 8))
+    ids, mask = left_pad(seqs)
+    q = 3
+    ids, mask = ids.repeat(q, 1), mask.repeat(q, 1)
+    rows = [c for c in range(q) for _ in seqs]
+    prefill_batches = []
+    hook = decoder_layers(model)[0].register_forward_hook(
+        lambda module, args, out: prefill_batches.append(args[0].shape[0]) if args[0].shape[1] > 1 else None)
+    kwargs = dict(attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                  pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    try:
+        with torch.no_grad(), pysteer.steer(model, tiny_spec(n_configs=q, positions=positions)) as steering:
+            shared = steering.generate(ids, rows=rows, **kwargs)
+            assert prefill_batches == [len(seqs)]               # each distinct prompt once
+            plain = steering.generate(ids, rows=rows, share_prefill=False, **kwargs)
+            assert prefill_batches == [len(seqs), q * len(seqs)]
+    finally:
+        hook.remove()
+    assert torch.equal(shared.sequences, plain.sequences)
+    torch.testing.assert_close(torch.stack(shared.scores), torch.stack(plain.scores), rtol=1e-4, atol=1e-4)
+    assert len({tuple(shared.sequences[c * len(seqs)].tolist()) for c in range(q)}) > 1  # rows differ
+    assert all(not isinstance(m, type(None)) and type(m).__name__ != "_ReplayLayer"
+               for m in decoder_layers(model))                  # the real layers are back

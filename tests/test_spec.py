@@ -99,3 +99,15 @@ def test_malformed_spec_files(tmp_path):
         SteeringSpec.load(tmp_path / "spec")
     with pytest.raises(SteeringSpecError, match="missing"):
         SteeringSpec.load(tmp_path / "nothing")
+
+
+def test_saved_directories_get_the_users_usual_mode_not_a_private_one(tmp_path):
+    import os
+    mask = os.umask(0o022)
+    try:
+        tiny_spec().save(tmp_path / "spec")
+        random_sae(8, 16, seed=0).save(tmp_path / "sae")
+    finally:
+        os.umask(mask)
+    for name in ("spec", "sae"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o755   # mkdtemp's 0o700 would fail this

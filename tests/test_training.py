@@ -184,6 +184,26 @@ def chat():
     return tiny_chat_model(seed=0)
 
 
+def test_self_chat_cache_replays_transcripts_and_refuses_other_settings(chat, tmp_path, monkeypatch):
+    model, tokenizer = chat
+    make = lambda **kw: SelfChatCorpus(model, tokenizer, n_prompts=40, batch_size=4, max_new_tokens=4,
+                                       heldout_fraction=0.2, cache_dir=tmp_path, **kw)
+    first = list(make().texts("heldout"))
+    assert first == list(SelfChatCorpus(model, tokenizer, n_prompts=40, batch_size=4, max_new_tokens=4,
+                                        heldout_fraction=0.2).texts("heldout"))   # the cache changes nothing
+    assert len(list(tmp_path.glob("heldout-*.json"))) == -(-len(first) // 4)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a cached batch was generated again")
+    cached = make()
+    monkeypatch.setattr(cached, "_answer", no_generation)
+    assert list(cached.texts("heldout")) == first                          # read back, not generated
+    assert list(cached.texts("heldout", start=2)) == first[2:]
+    with pytest.raises(TrainingError, match="other settings"):
+        list(SelfChatCorpus(model, tokenizer, n_prompts=40, batch_size=4, max_new_tokens=6,
+                            heldout_fraction=0.2, cache_dir=tmp_path).texts("heldout"))
+
+
 def test_self_chat_stream_keeps_every_non_pad_token_and_a_bounded_buffer(chat):
     model, tokenizer = chat
     corpus = SelfChatCorpus(model, tokenizer, n_prompts=60, batch_size=4, max_new_tokens=5,

@@ -8,11 +8,11 @@
 
 from .collect import ActivationBatch, FeatureStats, collect_activations, iter_activations
 from .concise import ConciseResult, concise, write_pairs
-from .diff_in_means import (DiffMeanResult, LayerScore, LayerSearch, compose, diff_in_means,
+from .diff_in_means import (DiffMeanResult, EvaluationScorer, LayerScore, LayerSearch, compose, diff_in_means,
                             evaluation_scorer, instruction_vectors, layer_search, transfer)
 from .saif import SaifResult, saif, saif_scores
 
 __all__ = ["ActivationBatch", "FeatureStats", "collect_activations", "iter_activations",
-           "ConciseResult", "concise", "write_pairs", "DiffMeanResult", "LayerScore", "LayerSearch",
+           "ConciseResult", "concise", "write_pairs", "DiffMeanResult", "EvaluationScorer", "LayerScore", "LayerSearch",
            "compose", "diff_in_means", "evaluation_scorer", "instruction_vectors", "layer_search",
            "transfer", "SaifResult", "saif", "saif_scores"]

@@ -57,7 +57,7 @@ def run_diff_means(args: argparse.Namespace) -> int:
         scorer = evaluation_scorer(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
         search = layer_search(model, tokenizer, args.instruction, validation, scorer,
                               candidate_layers=layers, mode=args.mode, coefficient=args.coefficient,
-                              max_degenerate=args.max_degenerate, **common)
+                              scales=args.scales, max_degenerate=args.max_degenerate, **common)
         spec = search.spec()
         summary = {"best_layer": search.best_layer,
                    "scores": {k: vars(v) for k, v in search.scores.items()}}
@@ -128,6 +128,9 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     dm.add_argument("--coefficient", type=float, default=None,
                     help="c for add (default ‖v‖); overrides z̄ for project")
     dm.add_argument("--validation-ids", nargs="+", help="IFEval instruction ids scored in a layer search")
+    dm.add_argument("--scales", type=float, nargs="+", default=None,
+                    help="layer search: also try these multiples of each layer's coefficient "
+                         "(e.g. 0.5 1 2 4), one batched generation per layer")
     dm.add_argument("--n-validation", type=int, default=10)
     dm.add_argument("--max-degenerate", type=float, default=0.2)
     dm.set_defaults(run=run_diff_means)

@@ -16,7 +16,8 @@ and steer every position h [D] at layer ℓ with either
 
 :func:`layer_search` picks ℓ among candidate layers (from n_layers // 5 upward) by
 instruction-following accuracy on validation prompts, disqualifying layers whose
-outputs degenerate. :func:`compose` stacks two instructions' vectors (possibly at
+outputs degenerate; with ``scales`` it also picks the coefficient per layer (multiples
+of ‖v_ℓ‖ or z̄_ℓ), scoring all of a layer's coefficients in one batched generation. :func:`compose` stacks two instructions' vectors (possibly at
 different layers); :func:`transfer` moves a spec to another model of the same width
 (e.g. from an instruction-tuned model to its base model).
 """
@@ -37,7 +38,7 @@ from ..spec import DenseIntervention, SteeringSpec
 from .collect import collect_activations
 from .prompts import BASE_QUERIES, sample, with_instruction
 
-__all__ = ["DiffMeanResult", "diff_in_means", "instruction_vectors", "LayerScore", "LayerSearch",
+__all__ = ["DiffMeanResult", "diff_in_means", "instruction_vectors", "LayerScore", "LayerSearch", "EvaluationScorer",
            "layer_search", "default_candidate_layers", "compose", "transfer", "evaluation_scorer"]
 
 
@@ -127,6 +128,7 @@ class LayerScore:
     accuracy: float  # instruction-following accuracy (IFEval loose) on the validation prompts
     degenerate_rate: float  # fraction of outputs that are empty, repetitive or broken
     disqualified: bool = False
+    coefficient: Optional[float] = None  # the coefficient scored (None: the mode's default)
 
 
 Scorer = Callable[[nn.Module, Any, Optional[SteeringSpec], Any], "LayerScore | Mapping[str, float]"]
@@ -143,28 +145,58 @@ def _as_score(value: Any) -> LayerScore:
     return LayerScore(float(accuracy), float(degenerate))
 
 
-def evaluation_scorer(max_new_tokens: int = 64, batch_size: int = 8, chat: bool = True,
-                      use_base_prompt: bool = True) -> Scorer:
+class EvaluationScorer:
     """A scorer over :mod:`pysteer.evaluation`: generate the validation ``EvalPrompt`` s
     (their ``base_prompt`` — without the instruction text — when ``use_base_prompt``),
-    steered by the spec, and return (IFR loose, degenerate rate)."""
+    steered by the spec, and return (IFR loose, degenerate rate).
 
-    def score(model: nn.Module, tokenizer, spec: Optional[SteeringSpec], validation: Any) -> LayerScore:
+    :meth:`score_configs` scores every configuration row of a spec in one batched
+    generation (row (c, p) steered by configuration c); :func:`layer_search` uses it to
+    try several coefficients per layer at the cost of one generation.
+    """
+
+    def __init__(self, max_new_tokens: int = 64, batch_size: int = 8, chat: bool = True,
+                 use_base_prompt: bool = True) -> None:
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.chat, self.use_base_prompt = chat, use_base_prompt
+
+    def __call__(self, model: nn.Module, tokenizer, spec: Optional[SteeringSpec], validation: Any) -> LayerScore:
+        if spec is None:
+            return self._score(model, tokenizer, None, list(validation), 1)[0]
+        if spec.n_configs != 1:
+            raise ValueError(f"a scorer call takes a one-configuration spec (got {spec.n_configs}); "
+                             f"use score_configs")
+        return self.score_configs(model, tokenizer, spec, validation)[0]
+
+    def score_configs(self, model: nn.Module, tokenizer, spec: SteeringSpec, validation: Any) -> list[LayerScore]:
+        """One score per configuration row of ``spec``."""
+        return self._score(model, tokenizer, spec, list(validation), spec.n_configs)
+
+    def _score(self, model, tokenizer, spec, prompts: list, n_configs: int) -> list[LayerScore]:
         from .. import evaluation  # imported lazily: discovery works without it
         from ..patching import steer
-        prompts = list(validation)
-        texts = [p.text(not use_base_prompt) for p in prompts]
-        kwargs = dict(max_new_tokens=max_new_tokens, chat=chat, batch_size=batch_size)
+        texts = [p.text(not self.use_base_prompt) for p in prompts]
+        kwargs = dict(max_new_tokens=self.max_new_tokens, chat=self.chat,
+                      batch_size=self.batch_size * n_configs)
         if spec is None:
             responses = evaluation.generate_responses(model, tokenizer, texts, **kwargs)
         else:
             with steer(model, spec) as steering:
-                responses = evaluation.generate_responses(model, tokenizer, texts, steering=steering,
-                                                          rows=0, **kwargs)
-        report = evaluation.score_responses(prompts, responses, instruction_in_prompt=not use_base_prompt)
-        return LayerScore(float(report.ifr_loose), float(report.degenerate_rate))
+                rows = [c for c in range(n_configs) for _ in texts]
+                responses = evaluation.generate_responses(model, tokenizer, texts * n_configs,
+                                                          steering=steering, rows=rows, **kwargs)
+        scores = []
+        for c in range(n_configs):
+            report = evaluation.score_responses(prompts, responses[c * len(texts):(c + 1) * len(texts)],
+                                                instruction_in_prompt=not self.use_base_prompt)
+            scores.append(LayerScore(float(report.ifr_loose), float(report.degenerate_rate)))
+        return scores
 
-    return score
+
+def evaluation_scorer(max_new_tokens: int = 64, batch_size: int = 8, chat: bool = True,
+                      use_base_prompt: bool = True) -> EvaluationScorer:
+    """The default :class:`EvaluationScorer` (IFR loose, degenerate rate)."""
+    return EvaluationScorer(max_new_tokens, batch_size, chat, use_base_prompt)
 
 
 def default_candidate_layers(model: nn.Module) -> list[int]:
@@ -183,6 +215,7 @@ class LayerSearch:
     results: dict[int, DiffMeanResult]
     mode: str = "project"
     coefficient: Optional[float] = None
+    grid: dict[int, list[LayerScore]] = field(default_factory=dict)  # every (layer, coefficient) scored
 
     @property
     def best(self) -> Optional[DiffMeanResult]:
@@ -191,7 +224,8 @@ class LayerSearch:
     def spec(self) -> SteeringSpec:
         if self.best is None:
             raise SteeringSpecError("every candidate layer was disqualified (degenerate outputs)")
-        spec = self.best.spec(self.mode, self.coefficient)
+        chosen = self.scores[self.best_layer].coefficient
+        spec = self.best.spec(self.mode, self.coefficient if chosen is None else chosen)
         spec.metadata["layer_search"] = {str(k): dataclasses.asdict(v) for k, v in self.scores.items()}
         return spec
 
@@ -200,34 +234,55 @@ def layer_search(model: nn.Module, tokenizer, instruction: str, validation: Any,
                  scorer: Optional[Scorer] = None, *, candidate_layers: Optional[Sequence[int]] = None,
                  base_prompts: Optional[Sequence[str]] = None, n_prompts: Optional[int] = None,
                  mode: str = "project", coefficient: Optional[float] = None,
+                 scales: Optional[Sequence[float]] = None,
                  max_degenerate: float = 0.2, score_baseline: bool = True, placement: str = "after",
                  chat: bool = True, batch_size: int = 8, progress: bool = True,
                  seed: int = 0) -> LayerSearch:
-    """Pick the layer whose instruction vector steers best.
+    """Pick the layer (and, with ``scales``, the coefficient) whose instruction vector steers best.
 
     One collection pass computes v_ℓ for every candidate ℓ (default: n_layers // 5 …
-    n_layers − 1). Each layer's spec (``mode``/``coefficient`` as in
-    :meth:`DiffMeanResult.spec`) is scored by ``scorer(model, tokenizer, spec, validation)``
-    → (accuracy, degenerate rate) (default: :func:`evaluation_scorer`). A layer whose
-    degenerate rate exceeds ``max_degenerate`` is disqualified; the best of the rest wins
-    (ties → the earlier layer).
+    n_layers − 1). At each layer the coefficients ``scale × base`` are tried, base being
+    ``coefficient`` or the mode's default (‖v_ℓ‖ for add, z̄_ℓ for project; ``scales``
+    default [1]), each scored by ``scorer(model, tokenizer, spec, validation)`` →
+    (accuracy, degenerate rate) (default: :func:`evaluation_scorer`) — all of a layer's
+    coefficients in one batched generation when the scorer has ``score_configs``. A
+    coefficient whose degenerate rate exceeds ``max_degenerate`` is disqualified; a
+    layer's score is its best qualified coefficient (ties → the first scale), and the
+    best layer wins (ties → the earlier layer). ``grid`` keeps every score.
     """
     layers = list(candidate_layers) if candidate_layers is not None else default_candidate_layers(model)
     if not layers:
         raise ValueError("no candidate layers")
+    scales = [1.0] if scales is None else [float(x) for x in scales]
+    if not scales:
+        raise ValueError("scales must hold at least one multiplier")
     scorer = scorer or evaluation_scorer(chat=chat, batch_size=batch_size)
     results = instruction_vectors(model, tokenizer, instruction, layers, base_prompts,
                                   n_prompts=n_prompts, placement=placement, seed=seed, chat=chat,
                                   batch_size=batch_size, progress=progress)
     baseline = _as_score(scorer(model, tokenizer, None, validation)) if score_baseline else None
     scores: dict[int, LayerScore] = {}
+    grid: dict[int, list[LayerScore]] = {}
     for layer in tqdm(layers, desc="layer search", disable=not progress, unit="layer"):
-        score = _as_score(scorer(model, tokenizer, results[layer].spec(mode, coefficient), validation))
-        score.disqualified = score.degenerate_rate > max_degenerate
-        scores[layer] = score
+        result = results[layer]
+        base = coefficient if coefficient is not None else (result.norm if mode == "add" else result.z_bar)
+        coefficients = [scale * base for scale in scales]
+        if len(coefficients) > 1 and hasattr(scorer, "score_configs"):
+            iv = DenseIntervention(layer, result.direction.unsqueeze(0), [[c] for c in coefficients], mode)
+            spec = SteeringSpec([iv], model=dict(result.model))
+            tried = [_as_score(v) for v in scorer.score_configs(model, tokenizer, spec, validation)]
+        else:
+            tried = [_as_score(scorer(model, tokenizer, result.spec(mode, c), validation)) for c in coefficients]
+        for score, c in zip(tried, coefficients):
+            score.coefficient = c if (len(scales) > 1 or coefficient is not None) else None
+            score.disqualified = score.degenerate_rate > max_degenerate
+        grid[layer] = tried
+        qualified = [s for s in tried if not s.disqualified]
+        # The layer's score: its best qualified coefficient, else its best one (disqualified).
+        scores[layer] = max(qualified or tried, key=lambda s: s.accuracy)
     eligible = [layer for layer in layers if not scores[layer].disqualified]
     best = max(eligible, key=lambda layer: (scores[layer].accuracy, -layers.index(layer)), default=None)
-    return LayerSearch(best, scores, baseline, results, mode, coefficient)
+    return LayerSearch(best, scores, baseline, results, mode, coefficient, grid)
 
 
 # ------------------------------------------------------------- compose and transfer

@@ -102,8 +102,14 @@ def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Seq
     """Perplexity of each response given its prompt: exp(mean_t −log p(r_t | prompt, r_<t)).
 
     The prompt is chat-templated with the generation prompt (as it was generated);
-    the response is tokenized without special tokens. Sequences are right-padded so
-    positions match an unpadded forward pass. Empty responses get NaN.
+    the response is tokenized without special tokens. Empty responses get NaN.
+
+    Responses are scored ``batch_size`` at a time, grouped by prompt. Each distinct
+    prompt of a batch is run once (left-padded, with explicit positions, so it equals
+    an unpadded pass) and its KV cache is shared by every response to it: the tuner
+    scores q candidates' responses to the same P prompts, and that q-fold prompt
+    prefill is most of the work. Only the response positions are projected onto the
+    vocabulary.
 
     Scored under the *unsteered* model: if ``steering`` (a :class:`pysteer.Steering`)
     is attached, its rows are set to −1 while scoring and restored afterwards.
@@ -114,37 +120,67 @@ def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Seq
         raise EvaluationError(f"batch_size must be ≥ 1, got {batch_size}")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    pairs = [(_prompt_ids(tokenizer, p, chat), tokenizer(r, add_special_tokens=False)["input_ids"])
-             for p, r in zip(prompts, responses)]
+    prompt_ids = {p: _prompt_ids(tokenizer, p, chat) for p in dict.fromkeys(prompts)}
+    if any(not ids for ids in prompt_ids.values()):
+        raise EvaluationError("a prompt tokenizes to nothing: its response's first token has no context")
+    response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
+    out = [float("nan")] * len(prompts)
+    # Same prompts next to each other, so a batch holds few distinct prompts.
+    scored = sorted((i for i, r in enumerate(response_ids) if r), key=lambda i: (prompts[i], i))
     saved = None
     if steering is not None:
         saved = (steering.state.rows, steering.state.prompt_length)
-    out: list[float] = []
     try:
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
-            width = max(len(p) + len(r) for p, r in chunk)
+        for start in range(0, len(scored), batch_size):
+            chunk = scored[start:start + batch_size]
+            distinct = list(dict.fromkeys(prompts[i] for i in chunk))
+            first_logprobs, cache, prompt_mask, prompt_len = _prefill_prompts(
+                model, [prompt_ids[p] for p in distinct], pad, device, steering)
+            owner = torch.tensor([distinct.index(prompts[i]) for i in chunk], device=device)
+            cache.reorder_cache(owner)  # one copy of its prompt's cache per response
+            width = max(len(response_ids[i]) for i in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros(len(chunk), width, dtype=torch.long)
-            for row, (p, r) in enumerate(chunk):
-                ids[row, :len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
-                mask[row, :len(p) + len(r)] = 1
+            for row, i in enumerate(chunk):
+                ids[row, :len(response_ids[i])] = torch.tensor(response_ids[i])
+                mask[row, :len(response_ids[i])] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            positions = prompt_len[owner].unsqueeze(1) + torch.arange(width, device=device)
             if steering is not None:
-                steering.set_rows([-1] * len(chunk))   # every row unsteered
-                steering.set_prompt_length(0)          # positions="prompt"/"generated" need a length
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            token_lp = logprobs.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
-            for row, (p, r) in enumerate(chunk):
-                if not r:
-                    out.append(float("nan"))
-                    continue
-                nll = -token_lp[row, len(p) - 1:len(p) + len(r) - 1].double().mean().item()
-                out.append(math.exp(nll))
+                steering.set_rows([-1] * len(chunk))
+            logits = model(input_ids=ids, attention_mask=torch.cat([prompt_mask[owner], mask], 1),
+                           position_ids=positions, past_key_values=cache, use_cache=True).logits
+            # log p(r_t) for t ≥ 1 from the response positions, t = 0 from the prompt's last one.
+            later = (logits[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).float()
+                     - torch.logsumexp(logits[:, :-1].float(), dim=-1))
+            first = first_logprobs[owner].gather(-1, ids[:, :1]).squeeze(-1)
+            token_lp = torch.cat([first.unsqueeze(1), later], 1).double().cpu()
+            for row, i in enumerate(chunk):
+                out[i] = math.exp(-token_lp[row, :len(response_ids[i])].mean().item())
     finally:
         if steering is not None:
             steering.state.rows, steering.state.prompt_length = saved
     return out
+
+
+def _prefill_prompts(model, prompt_ids: list[list[int]], pad: int, device, steering):
+    """Run the distinct prompts once, left-padded: (log-probs of the next token [U, V],
+    the KV cache, the prompts' attention mask [U, W], their lengths [U])."""
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(prompt_ids), width, dtype=torch.long)
+    for row, p in enumerate(prompt_ids):
+        ids[row, width - len(p):] = torch.tensor(p)
+        mask[row, width - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)  # left padding must not shift the positions
+    if steering is not None:
+        steering.set_rows([-1] * len(prompt_ids))  # every row unsteered
+        steering.set_prompt_length(0)              # positions="prompt"/"generated" need a length
+    result = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                   logits_to_keep=1)
+    return (torch.log_softmax(result.logits[:, -1].float(), dim=-1), result.past_key_values, mask,
+            mask.sum(1))
 
 
 @dataclass

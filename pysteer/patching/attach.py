@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import SteeringSpecError
 from ..spec import SteeringSpec
 from .families import decoder_layers, model_facts
+from .shared_prefill import can_share_prefill, generate_with_shared_prefill
 from .steered_layer import SteeredLayer, SteeringState, compile_intervention
 
 
@@ -84,13 +85,23 @@ class Steering:
         self.state.set_prompt_length(prompt_length)
 
     def generate(self, input_ids: torch.Tensor, rows: "Sequence[int] | torch.Tensor | None" = None,
-                 **generate_kwargs: Any) -> torch.Tensor:
-        """``model.generate`` with the prompt length (and optionally the rows) set from the inputs."""
+                 share_prefill: bool = True, **generate_kwargs: Any) -> torch.Tensor:
+        """``model.generate`` with the prompt length (and optionally the rows) set from the inputs.
+
+        When the batch repeats prompts (e.g. one copy per tuner candidate, each with its
+        own row) and ``share_prefill``, the layers below the first steered one process
+        each distinct prompt once (:mod:`.shared_prefill`); the output is the same.
+        """
         if not self.attached:
             raise SteeringSpecError("this steering was detached")
         if rows is not None:
             self.set_rows(rows)
         self.set_prompt_length(int(input_ids.shape[1]))
+        if share_prefill and can_share_prefill(input_ids, generate_kwargs.get("attention_mask"), generate_kwargs):
+            kwargs = dict(generate_kwargs)
+            out = generate_with_shared_prefill(self, input_ids, kwargs.pop("attention_mask"), **kwargs)
+            if out is not None:
+                return out
         return self.model.generate(input_ids=input_ids, **generate_kwargs)
 
     def detach(self) -> None:

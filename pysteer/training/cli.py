@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 import torch
+
+CORPUS_CACHE_DIR = "self-chat-transcripts"  # under --out: reused by reruns and later epochs
 
 
 def run_train_sae(args: argparse.Namespace) -> int:
@@ -40,7 +43,8 @@ def run_train_sae(args: argparse.Namespace) -> int:
     if self_chat:
         corpus = SelfChatCorpus(model, tokenizer, n_prompts=args.n_prompts, batch_size=args.gen_batch_size,
                                 max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                                seed=args.seed, heldout_fraction=args.heldout_fraction)
+                                seed=args.seed, heldout_fraction=args.heldout_fraction,
+                                cache_dir=args.corpus_cache or Path(args.out) / CORPUS_CACHE_DIR)
     else:
         corpus = TextFileCorpus(args.corpus, tokenizer, max_tokens=args.max_doc_tokens,
                                 heldout_fraction=args.heldout_fraction)
@@ -108,6 +112,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     tuning.add_argument("--gen-batch-size", type=int, default=32, help="self-chat: prompts per generate call")
     tuning.add_argument("--max-new-tokens", type=int, default=128, help="self-chat: response length cap")
     tuning.add_argument("--sample", action="store_true", help="self-chat: sample (T=0.8) instead of greedy")
+    tuning.add_argument("--corpus-cache", default=None, help="self-chat: directory for the generated "
+                        f"transcripts, reused when rerun (default OUT/{CORPUS_CACHE_DIR})")
     tuning.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     tuning.add_argument("--metrics-every", type=int, default=25, help="steps between metric records")
     tuning.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -8,7 +8,9 @@ the activation stream built on them can be resumed by document index alone:
   template; each document is the whole transcript (template tokens, prompt, response,
   end-of-turn token) as text. Generation batch ``b`` always holds the same prompts and,
   when sampling, uses the seed ``(seed, b)``, so regenerating from any index gives the
-  same documents.
+  same documents. With a ``cache_dir`` every answered batch is also written there and
+  read back instead of being generated again: later epochs, resumed runs and runs for
+  other layers then cost a forward pass, not a generation.
 - :class:`TextFileCorpus`: ``.txt`` / ``.md`` files (one document per file) and
   ``.jsonl`` files (a ``"text"`` field per line), given as paths or directories, cut into
   chunks of at most ``max_tokens`` tokens.
@@ -110,13 +112,15 @@ class SelfChatCorpus:
 
     def __init__(self, model, tokenizer, *, n_prompts: Optional[int] = None, batch_size: int = 32,
                  max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 0.8,
-                 seed: int = 0, heldout_fraction: float = 0.05):
+                 seed: int = 0, heldout_fraction: float = 0.05,
+                 cache_dir: "Optional[str | Path]" = None):
         if batch_size <= 0 or max_new_tokens <= 0:
             raise TrainingError("batch_size and max_new_tokens must be positive")
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.do_sample, self.temperature, self.seed = do_sample, temperature, seed
         self.heldout_fraction = heldout_fraction
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
         prompts = self_chat_prompts(seed)[:n_prompts]
         self._prompts = {split: [p for p in prompts if is_heldout(p, heldout_fraction) == (split == "heldout")]
                          for split in SPLITS}
@@ -147,10 +151,38 @@ class SelfChatCorpus:
             # Batch b always holds prompts [b·B, (b+1)·B) (mod n): the same padding, so the
             # same greedy outputs, whichever index a resumed run starts from.
             chunk = [prompts[i % n] for i in range(lo, lo + self.batch_size) if cycle or i < n]
-            for text in self._answer(chunk, batch)[skip:]:
+            for text in self._cached_answer(split, chunk, batch)[skip:]:
                 yield text
             skip = 0
             batch += 1
+
+    def _settings(self) -> dict:
+        """What the transcripts depend on besides the prompts; a cache entry must match it."""
+        model_name = getattr(getattr(self.model, "config", None), "_name_or_path", None)
+        return {"model": model_name, "max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+                "temperature": self.temperature if self.do_sample else None, "seed": self.seed}
+
+    def _cached_answer(self, split: str, prompts: list[str], batch_index: int) -> list[str]:
+        if self.cache_dir is None:
+            return self._answer(prompts, batch_index)
+        from ..fileio import read_json_object, write_json_atomic
+
+        # Greedy answers depend only on the batch's prompts, so a later epoch's batch with
+        # the same prompts reuses the entry; sampled ones also depend on the batch index.
+        digest = hashlib.sha256("\n".join(prompts).encode()).hexdigest()[:16]
+        name = f"{split}-{digest}" + (f"-b{batch_index}" if self.do_sample else "") + ".json"
+        path = self.cache_dir / name
+        settings = self._settings()
+        if path.exists():
+            entry = read_json_object(path, TrainingError)
+            if entry.get("prompts") == prompts and entry.get("settings") == settings:
+                return [str(t) for t in entry["texts"]]
+            raise TrainingError(f"{path} holds transcripts made with other settings ({entry.get('settings')} "
+                                f"vs now {settings}); use another cache directory or delete it")
+        texts = self._answer(prompts, batch_index)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"prompts": prompts, "settings": settings, "texts": texts})
+        return texts
 
     @torch.no_grad()
     def _answer(self, prompts: Sequence[str], batch_index: int) -> list[str]:

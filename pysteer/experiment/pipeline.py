@@ -1,0 +1,503 @@
+"""One experiment, shared by ``pysteer demo`` and the results report: discover, tune, evaluate.
+
+For each instruction type (:mod:`.instructions`) and each method:
+
+- ``diff-means`` (Stolfo et al.): the difference-in-means vector, added as ``h + c·u``
+  with the layer (among ``Budget.dm_layers``) and c (among ``Budget.dm_scales`` ×
+  ‖v‖) chosen by IFR on the type's train prompts, degenerate choices excluded — the
+  paper's layer search, with a coefficient grid because at the projection form's z̄
+  this 135M model's outputs do not change (reports/smollm2/layer_search.json);
+- ``saif``: SAIF's top latents with their score-proportional ``add`` weights; not tuned;
+- ``concise`` (Concise-SAE): 15 supportive + 15 opposing latents, whose coefficients
+  are then tuned by the BoTorch tuner on the type's *train* prompts sent *without* the
+  instruction (the box from the latents' activation statistics).
+
+Discovery reads only the built-in queries that are not held-out requests. Each spec
+is then evaluated on the type's *held-out* prompts in four settings — no instruction,
+no instruction + steering, instruction, instruction + steering — by IFR (loose and
+strict), RR, OQ, degenerate rate and the responses' perplexity under the unsteered
+model (:func:`evaluate`). :func:`run_experiment` does both for every type and saves
+every spec it made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from ..discovery import concise, evaluation_scorer, layer_search, saif
+from ..discovery.prompts import BASE_QUERIES, sample
+from ..evaluation import builtin_prompts, generate_responses, response_perplexity, score_responses
+from ..fileio import staged_directory
+from ..ops.modes import DenseEdit, FeatureEdit
+from ..patching import model_facts, steer
+from ..sae import SAE, load_sae
+from ..spec import SparseIntervention, SteeringSpec
+from .errors import ExperimentError
+from .instructions import InstructionType, get_type, resolve_types
+
+__all__ = ["METHODS", "SAE_METHODS", "TUNED_METHODS", "SETTINGS", "Budget", "discovery_queries",
+           "find_spec", "tune_spec", "discover", "stack_specs", "evaluate", "ExperimentResult",
+           "run_experiment"]
+
+METHODS = ("diff-means", "saif", "concise")
+SAE_METHODS = ("saif", "concise")
+TUNED_METHODS = ("concise",)
+# (key, instruction in the prompt?) — each evaluated unsteered and steered by every method
+SETTINGS = (("no_instruction", False), ("instruction", True))
+UNSTEERED = "unsteered"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each step does: discovery, tuning and evaluation sizes.
+
+    ``batch_size`` is the number of prompts per generation batch; a generation that
+    carries several methods' configurations (:func:`stack_specs`) holds that many
+    prompts per method, so every method sees the same batches as it would alone.
+    """
+
+    n_pairs: int = 16              # diff-means (base, base + instruction) pairs; Concise-SAE pairs
+    n_contents: int = 8            # SAIF: base queries each instruction variant follows
+    pair_max_new_tokens: int = 48  # Concise-SAE: length of the texts the model writes itself
+    tune_rounds: int = 8           # the first round is the template + Sobol points
+    tune_q: int = 8                # candidates per round, generated in one batch
+    tune_minibatch: int = 8        # train prompts per round
+    tune_max_new_tokens: int = 32
+    tune_restarts: int = 8         # acquisition optimiser restarts / raw samples per round
+    tune_raw_samples: int = 256
+    eval_max_new_tokens: int = 64
+    n_heldout: int = 10            # held-out prompts per type (the built-in set has 10)
+    batch_size: int = 32
+    # diff-means: coefficients c = s·‖v_ℓ‖ tried (add form) and train prompts scoring them;
+    # candidate layers for its layer search (empty: the experiment's layer only)
+    dm_scales: tuple[float, ...] = (1.0, 2.0, 4.0)
+    dm_validation: int = 8
+    dm_layers: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if name in ("dm_scales", "dm_layers"):
+                if not isinstance(value, tuple) or (name == "dm_scales" and not value) or \
+                        not all(isinstance(v, (int, float)) and v >= 0 for v in value):
+                    raise ExperimentError(f"Budget.{name} must be a tuple of non-negative numbers"
+                                          f"{' (at least one)' if name == 'dm_scales' else ''}, got {value!r}")
+            elif not isinstance(value, int) or value < 1:
+                raise ExperimentError(f"Budget.{name} must be a positive int, got {value!r}")
+
+    @classmethod
+    def demo(cls) -> "Budget":
+        """Small: ``pysteer demo``'s 2 types × 3 methods in a few minutes on 2 CPU cores."""
+        return cls(n_pairs=6, n_contents=4, pair_max_new_tokens=32, tune_rounds=3, tune_q=4,
+                   tune_minibatch=4, tune_max_new_tokens=24, tune_restarts=2, tune_raw_samples=64,
+                   eval_max_new_tokens=40, n_heldout=6, batch_size=32)
+
+    @classmethod
+    def report(cls) -> "Budget":
+        """The results report's sizes (the defaults; diff-means searches the SAE candidate layers)."""
+        return cls(dm_layers=(9, 12, 15, 18, 21))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+BUDGETS = {"demo": Budget.demo, "report": Budget.report}
+
+
+def discovery_queries() -> list[str]:
+    """The built-in discovery queries minus every held-out request of the built-in prompts,
+    so no method has seen a held-out prompt's content before it is evaluated on it."""
+    held_out = {p.base_prompt for p in builtin_prompts("heldout")}
+    return [q for q in BASE_QUERIES if q not in held_out]
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ExperimentError(f"unknown method {method!r}; the methods are {', '.join(METHODS)}")
+    return method
+
+
+# ---------------------------------------------------------------------------- discovery
+def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
+              sae: "SAE | str | None" = None, layer: Optional[int] = None, budget: Budget,
+              seed: int = 0, progress: bool = True) -> SteeringSpec:
+    """``method``'s untuned spec for ``itype`` at ``layer`` (SAE methods: default the SAE's).
+
+    SAIF and Concise-SAE specs carry their latents' statistics (and Concise-SAE its
+    pairs) in ``metadata["discovery"]``; :func:`tune_spec` derives its box from them.
+    """
+    itype, method = get_type(itype), _check_method(method)
+    common = dict(batch_size=budget.batch_size, progress=progress, seed=seed)
+    if method in SAE_METHODS and sae is None:
+        raise ExperimentError(f"method {method} needs an SAE (sae=...)")
+    sae = None if sae is None else load_sae(sae)
+    layer = int(layer) if layer is not None else None if sae is None else sae.hook_layer
+    if layer is None:
+        raise ExperimentError(f"method {method} needs layer= (or an SAE whose hook_name names its layer)")
+    if method == "diff-means":
+        # Stolfo et al. choose the layer (and here the coefficient) on validation prompts:
+        # the type's train prompts, sent without the instruction.
+        candidates = sorted(set(budget.dm_layers) | {layer}) if budget.dm_layers else [layer]
+        validation = builtin_prompts("train", [itype.instruction_id])[:budget.dm_validation]
+        scorer = evaluation_scorer(max_new_tokens=budget.tune_max_new_tokens, batch_size=len(validation))
+        search = layer_search(model, tokenizer, itype.instruction_text, validation, scorer,
+                              candidate_layers=candidates, base_prompts=discovery_queries(),
+                              n_prompts=budget.n_pairs, mode="add", scales=list(budget.dm_scales), **common)
+        if search.best_layer is None:  # every coefficient degenerated everywhere: the smallest at the given layer
+            spec = search.results[layer].spec("add", budget.dm_scales[0] * search.results[layer].norm)
+        else:
+            spec = search.spec()
+    elif method == "saif":
+        contents = sample(discovery_queries(), budget.n_contents, seed)
+        result = saif(model, tokenizer, sae, itype.instruction_text, variants=itype.variants(),
+                      contents=contents, layer=layer, **common)
+        spec = result.spec()
+        spec.metadata["strength"] = float(result.weights.sum())
+        spec.metadata["discovery"] = {"features": result.table(), "variants": result.variants}
+    else:
+        result = concise(model, tokenizer, sae, itype.instruction_text, itype.keyword,
+                         n_pairs=budget.n_pairs, layer=layer, max_new_tokens=budget.pair_max_new_tokens,
+                         **common)
+        spec = result.spec()
+        spec.metadata["discovery"] = {"features": result.table(),
+                                      "pairs": [{"follow": a, "violate": b} for a, b in result.pairs]}
+    spec.metadata.update(type=itype.name, instruction_id=itype.instruction_id)
+    return spec
+
+
+def _saes_of(spec: SteeringSpec) -> dict[str, SAE]:
+    """The TopK SAEs a spec already holds, by path, so reloading the spec does not read them again."""
+    return {iv.sae_path: iv.sae for iv in spec.interventions
+            if isinstance(iv, SparseIntervention) and iv.sae is not None and iv.sae_path}
+
+
+def tune_spec(model, tokenizer, spec: SteeringSpec, itype: "str | InstructionType", budget: Budget, *,
+              out_dir: "str | Path | None" = None, seed: int = 0, progress: bool = True) -> SteeringSpec:
+    """The tuner's best configuration of ``spec`` for ``itype`` (a one-configuration spec).
+
+    BoTorch over the spec's coefficients (box from ``metadata["discovery"]["features"]``
+    when present), the batched objective on the type's train prompts sent without the
+    instruction, the template's own coefficients as the first candidate. The tuner's
+    files (``history.json``, ``best_spec/``, ``reward.png``) go to ``out_dir`` (default:
+    a temporary directory, removed afterwards).
+    """
+    from ..tuner import AcquisitionOptions, BatchedObjective, search_space, tune
+
+    itype = get_type(itype)
+    features = spec.metadata.get("discovery", {}).get("features")
+    stats = None
+    if features and len(spec.layers) == 1:
+        stats = {"layer": spec.layers[0], "features": features}
+    space = search_space(spec, stats)
+    prompts = builtin_prompts("train", [itype.instruction_id])
+    objective = BatchedObjective(model, tokenizer, space, prompts, minibatch=budget.tune_minibatch,
+                                 max_new_tokens=budget.tune_max_new_tokens, seed=seed,
+                                 instruction_in_prompt=False, batch_size=budget.batch_size * budget.tune_q)
+    options = AcquisitionOptions(num_restarts=budget.tune_restarts, raw_samples=budget.tune_raw_samples)
+    settings = {**objective.describe(), "type": itype.name, "instruction_id": itype.instruction_id}
+    with tempfile.TemporaryDirectory(prefix="pysteer-tune-") as scratch:
+        directory = Path(out_dir) if out_dir is not None else Path(scratch)
+        result = tune(objective, space, directory, rounds=budget.tune_rounds, q=budget.tune_q, seed=seed,
+                      initial=space.vector().unsqueeze(0), progress=progress, options=options,
+                      settings=settings)
+        return SteeringSpec.load(result.best_spec_path, saes=_saes_of(spec))
+
+
+def discover(method: str, model, tokenizer, itype: "str | InstructionType", *,
+             sae: "SAE | str | None" = None, layer: Optional[int] = None, budget: Budget, seed: int = 0,
+             progress: bool = True, tune_dir: "str | Path | None" = None) -> SteeringSpec:
+    """``method``'s spec for ``itype``: :func:`find_spec`, then :func:`tune_spec` for Concise-SAE."""
+    spec = find_spec(method, model, tokenizer, itype, sae=sae, layer=layer, budget=budget, seed=seed,
+                     progress=progress)
+    if method in TUNED_METHODS:
+        spec = tune_spec(model, tokenizer, spec, itype, budget, out_dir=tune_dir, seed=seed, progress=progress)
+    return spec
+
+
+# ---------------------------------------------------------------------------- evaluation
+def _neutral(edit: Any) -> Optional[float]:
+    """The coefficient at which an edit leaves the residual bit-identical, or None.
+
+    Sparse add 0: f' − f = 0 exactly; sparse scale 1: f·1 − f = 0 exactly; dense add 0.
+    Set, ablate and the projection change h whatever the coefficient.
+    """
+    if isinstance(edit, FeatureEdit):
+        return {FeatureEdit.ADD: 0.0, FeatureEdit.SCALE: 1.0}.get(edit)
+    return 0.0 if edit == DenseEdit.ADD else None
+
+
+def _stackable(spec: SteeringSpec) -> bool:
+    return all(_neutral(e) is not None for iv in spec.interventions for e in iv.edits)
+
+
+def stack_specs(specs: Mapping[str, SteeringSpec]) -> list[tuple[SteeringSpec, list[str]]]:
+    """Group methods' specs into as few attachable specs as is exact: [(spec, method names)].
+
+    Specs whose every edit has a neutral coefficient (:func:`_neutral`) and that steer the
+    same positions become ONE spec whose configuration m applies method m's row 0 and
+    sets every other method's interventions to their neutral coefficients — which leave
+    the residual bit-identical, so row m is exactly method m alone. Any other spec (e.g.
+    the projection) is attached on its own, with its row 0.
+    """
+    groups: list[tuple[SteeringSpec, list[str]]] = []
+    by_positions: dict[str, list[str]] = {}
+    for name, spec in specs.items():
+        if _stackable(spec):
+            by_positions.setdefault(spec.positions, []).append(name)
+        else:
+            groups.append((_first_row(spec), [name]))
+    for positions, names in by_positions.items():
+        if len(names) == 1:
+            groups.append((_first_row(specs[names[0]]), names))
+            continue
+        interventions = []
+        for m, name in enumerate(names):
+            for iv in specs[name].interventions:
+                neutral = torch.tensor([_neutral(e) for e in iv.edits], dtype=torch.float32)
+                table = neutral.repeat(len(names), 1)
+                table[m] = iv.coefficients[0]
+                interventions.append(dataclasses.replace(iv, coefficients=table))
+        metadata = {"method": "stacked", "configs": names}
+        groups.append((SteeringSpec(interventions, positions, dict(specs[names[0]].model), metadata), names))
+    return groups
+
+
+def _first_row(spec: SteeringSpec) -> SteeringSpec:
+    if spec.n_configs == 1:
+        return spec
+    return spec.with_coefficients([iv.coefficients[:1] for iv in spec.interventions])
+
+
+def _generate_stacked(model, tokenizer, steering, texts: list[str], n_configs: int, budget: Budget) -> list[list[str]]:
+    """Responses of every configuration [config][prompt]: each batch of ``budget.batch_size``
+    prompts goes once per configuration into ONE generation (row (m, p) → configuration m)."""
+    out: list[list[str]] = [[] for _ in range(n_configs)]
+    for start in range(0, len(texts), budget.batch_size):
+        chunk = texts[start:start + budget.batch_size]
+        rows = [m for m in range(n_configs) for _ in chunk]
+        responses = generate_responses(model, tokenizer, chunk * n_configs, steering=steering, rows=rows,
+                                       max_new_tokens=budget.eval_max_new_tokens, batch_size=None)
+        for m in range(n_configs):
+            out[m] += responses[m * len(chunk):(m + 1) * len(chunk)]
+    return out
+
+
+def _cell(report, prompts, texts: list[str], responses: list[str], n_examples: int) -> dict[str, Any]:
+    return {"ifr_loose": report.ifr_loose, "ifr_strict": report.ifr_strict, "rr": report.rr, "oq": report.oq,
+            "degenerate_rate": report.degenerate_rate, "mean_perplexity": report.mean_perplexity,
+            "n": report.n,
+            "examples": [{"key": p.key, "prompt": t, "response": r}
+                         for p, t, r in list(zip(prompts, texts, responses))[:n_examples]],
+            "responses": list(responses)}
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, specs_by_method: Mapping[str, SteeringSpec], itype: "str | InstructionType",
+             budget: Budget, *, n_examples: int = 2, progress: bool = False) -> dict[str, Any]:
+    """IFR / RR / OQ of ``itype``'s held-out prompts in the four settings, for every method.
+
+    Returns ``{"type", "instruction_id", "prompt_keys", "methods", "stacks", "seconds",
+    "settings": {"no_instruction" | "instruction": {"unsteered" | method: cell}}}``; a
+    cell holds ``ifr_loose``, ``ifr_strict``, ``rr``, ``oq``, ``degenerate_rate``,
+    ``mean_perplexity`` (under the unsteered model), ``n``, the first ``n_examples``
+    ``examples`` and every response. The unsteered cells are generated once for all
+    methods; the methods share generations as far as :func:`stack_specs` allows.
+    """
+    itype = get_type(itype)
+    start_time = time.perf_counter()
+    prompts = builtin_prompts("heldout", [itype.instruction_id])[:budget.n_heldout]
+    methods = list(specs_by_method)
+    stacks = stack_specs(specs_by_method)
+    bar = tqdm(total=len(SETTINGS) * (1 + len(stacks)), desc=f"evaluate {itype.name}", unit="generation",
+               disable=not progress, dynamic_ncols=True)
+    settings: dict[str, dict[str, Any]] = {}
+    try:
+        for key, with_instruction in SETTINGS:
+            texts = [p.text(with_instruction) for p in prompts]
+            responses = {UNSTEERED: generate_responses(model, tokenizer, texts, batch_size=budget.batch_size,
+                                                       max_new_tokens=budget.eval_max_new_tokens)}
+            bar.update(1)
+            for spec, names in stacks:
+                with steer(model, spec) as steering:
+                    for name, out in zip(names, _generate_stacked(model, tokenizer, steering, texts,
+                                                                  len(names), budget)):
+                        responses[name] = out
+                bar.update(1)
+            # Every cell's perplexity in one pass under the unsteered model (nothing is attached
+            # now); responses to the same prompt share its prefill.
+            labels = [UNSTEERED] + methods
+            ppl = response_perplexity(model, tokenizer, texts * len(labels),
+                                      [r for label in labels for r in responses[label]],
+                                      batch_size=budget.batch_size)
+            n = len(prompts)
+            settings[key] = {}
+            for i, label in enumerate(labels):
+                report = score_responses(prompts, responses[label], instruction_in_prompt=with_instruction,
+                                         perplexities=ppl[i * n:(i + 1) * n])
+                settings[key][label] = _cell(report, prompts, texts, responses[label], n_examples)
+    finally:
+        bar.close()
+    return {"type": itype.name, "instruction_id": itype.instruction_id, "prompt_keys": [p.key for p in prompts],
+            "methods": methods, "stacks": [names for _, names in stacks], "settings": settings,
+            "seconds": round(time.perf_counter() - start_time, 2)}
+
+
+# ---------------------------------------------------------------------------- the experiment
+@dataclass
+class ExperimentResult:
+    """What :func:`run_experiment` measured, where it saved the specs, and how long it took."""
+
+    types: list[InstructionType]
+    methods: list[str]
+    budget: Budget
+    evaluations: dict[str, dict[str, Any]]        # type name -> evaluate()'s dict
+    spec_paths: dict[str, dict[str, str]]         # type name -> method -> spec directory
+    timings: dict[str, dict[str, Any]]            # type name -> {"discover": {m: s}, "tune": {m: s}, "eval": s}
+    layers: dict[str, int] = field(default_factory=dict)
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=dict)
+    sae: dict[str, Any] = field(default_factory=dict)
+    out_dir: Optional[str] = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per (type, setting, method or ``"unsteered"``) with the cell's metrics."""
+        rows = []
+        for itype in self.types:
+            evaluation = self.evaluations[itype.name]
+            for key, with_instruction in SETTINGS:
+                for label, cell in evaluation["settings"][key].items():
+                    rows.append({"type": itype.name, "instruction_id": itype.instruction_id, "setting": key,
+                                 "instruction_in_prompt": with_instruction, "method": label,
+                                 "steered": label != UNSTEERED,
+                                 **{k: cell[k] for k in ("ifr_loose", "ifr_strict", "rr", "oq",
+                                                         "degenerate_rate", "mean_perplexity", "n")}})
+        return rows
+
+    def total_seconds(self) -> dict[str, float]:
+        """Seconds spent discovering, tuning and evaluating, over all types."""
+        totals = {"discover": 0.0, "tune": 0.0, "eval": 0.0}
+        for timing in self.timings.values():
+            totals["discover"] += sum(timing["discover"].values())
+            totals["tune"] += sum(timing["tune"].values())
+            totals["eval"] += timing["eval"]
+        return {k: round(v, 2) for k, v in totals.items()}
+
+    def to_json(self, responses: bool = True) -> dict[str, Any]:
+        """The whole result as JSON: settings, ``rows``, ``targets``, evaluations, specs, timings."""
+        from .report import targets
+
+        evaluations = self.evaluations
+        if not responses:
+            evaluations = {name: {**ev, "settings": {k: {label: {f: v for f, v in cell.items() if f != "responses"}
+                                                         for label, cell in cells.items()}
+                                                     for k, cells in ev["settings"].items()}}
+                           for name, ev in evaluations.items()}
+        return {"model": self.model, "sae": self.sae, "seed": self.seed, "budget": self.budget.to_json(),
+                "types": [t.to_json() for t in self.types], "methods": self.methods, "layers": self.layers,
+                "rows": self.rows(), "targets": targets(self), "evaluations": evaluations,
+                "spec_paths": self.spec_paths, "timings": self.timings, "total_seconds": self.total_seconds(),
+                "out_dir": self.out_dir}
+
+
+def _sae_table(saes: "SAE | str | Path | Mapping[int, Any] | None") -> dict[int, SAE]:
+    """{layer: SAE} from one SAE (at its hook layer), a {layer: SAE or path} mapping, or None."""
+    if saes is None:
+        return {}
+    if isinstance(saes, Mapping):
+        return {int(layer): load_sae(sae) for layer, sae in saes.items()}
+    sae = load_sae(saes)
+    if sae.hook_layer is None:
+        raise ExperimentError(f"{sae.source}: the SAE's hook_name names no layer; pass {{layer: sae}}")
+    return {sae.hook_layer: sae}
+
+
+def _layers(types: list[InstructionType], layers: "int | Mapping[str, int] | None",
+            table: dict[int, SAE], methods: list[str]) -> dict[str, int]:
+    if layers is None:
+        if not table:
+            raise ExperimentError("no SAE and no layers: pass layers= (an int or {type: layer})")
+        layers = next(iter(table))  # one SAE: its layer; several: the first given
+    chosen = {t.name: int(layers if isinstance(layers, int) else layers[t.name]) for t in types}
+    if any(m in SAE_METHODS for m in methods):
+        missing = {name: layer for name, layer in chosen.items() if layer not in table}
+        if missing:
+            raise ExperimentError(f"no SAE at layer(s) {sorted(set(missing.values()))} (for {sorted(missing)}); "
+                                  f"SAEs are given for layers {sorted(table)}")
+    return chosen
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def run_experiment(model, tokenizer, types: "Sequence[str | InstructionType] | None",
+                   methods: Sequence[str] = METHODS,
+                   saes: "SAE | str | Path | Mapping[int, Any] | None" = None,
+                   budget: Union[Budget, str] = "report", out_dir: "str | Path" = "pysteer-experiment", *,
+                   layers: "int | Mapping[str, int] | None" = None, seed: int = 0, overwrite: bool = False,
+                   progress: bool = True) -> ExperimentResult:
+    """:func:`discover` + :func:`evaluate` for every type × method; specs saved under ``out_dir``.
+
+    ``saes``: one SAE (its hook layer is used for every type) or ``{layer: SAE}``;
+    ``layers`` picks each type's layer (an int for all, or ``{type: layer}``; default the
+    SAE's, or the first of several). ``out_dir`` ends up holding ``<type>/<method>/``
+    (the evaluated spec), ``<type>/<method>.tuning/`` (the tuner's files) and
+    ``results.json`` + ``results.md`` (:func:`~pysteer.experiment.report.write_report`).
+    It is written as a whole: an existing non-empty ``out_dir`` is refused unless
+    ``overwrite``, and is replaced only when the experiment succeeds.
+    """
+    from .report import write_report
+
+    types = resolve_types(types)
+    methods = [_check_method(m) for m in methods]
+    if not methods or len(set(methods)) != len(methods):
+        raise ExperimentError(f"methods must be distinct and at least one, got {methods}")
+    budget = BUDGETS[budget]() if isinstance(budget, str) else budget
+    table = _sae_table(saes)
+    chosen = _layers(types, layers, table, methods)
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    evaluations: dict[str, dict] = {}
+    spec_paths: dict[str, dict[str, str]] = {}
+    timings: dict[str, dict[str, Any]] = {}
+    with staged_directory(out, overwrite) as staging:
+        for n, itype in enumerate(types, start=1):
+            layer = chosen[itype.name]
+            timing: dict[str, Any] = {"discover": {}, "tune": {}, "eval": 0.0}
+            specs: dict[str, SteeringSpec] = {}
+            for method in methods:
+                _log(progress, f"[{n}/{len(types)}] {itype.name}: {method} at layer {layer}")
+                start = time.perf_counter()
+                spec = find_spec(method, model, tokenizer, itype, sae=table.get(layer), layer=layer,
+                                 budget=budget, seed=seed, progress=progress)
+                timing["discover"][method] = round(time.perf_counter() - start, 2)
+                if method in TUNED_METHODS:
+                    start = time.perf_counter()
+                    spec = tune_spec(model, tokenizer, spec, itype, budget, seed=seed, progress=progress,
+                                     out_dir=staging / itype.name / f"{method}.tuning")
+                    timing["tune"][method] = round(time.perf_counter() - start, 2)
+                spec.save(staging / itype.name / method)
+                specs[method] = spec
+                spec_paths.setdefault(itype.name, {})[method] = str(out / itype.name / method)
+            _log(progress, f"[{n}/{len(types)}] {itype.name}: evaluating on held-out prompts")
+            start = time.perf_counter()
+            evaluations[itype.name] = evaluate(model, tokenizer, specs, itype, budget, progress=progress)
+            timing["eval"] = round(time.perf_counter() - start, 2)
+            timings[itype.name] = timing
+        facts = model_facts(model)
+        sae_info = {str(layer): {"source": sae.source, "architecture": sae.architecture, "d_sae": sae.d_sae,
+                                 "k": sae.k} for layer, sae in table.items()}
+        result = ExperimentResult(types, methods, budget, evaluations, spec_paths, timings, chosen, seed,
+                                  {k: facts.get(k) for k in ("name", "hidden_size", "num_hidden_layers")},
+                                  sae_info, str(out))
+        write_report(result, staging / "results.json", staging / "results.md")
+    return result

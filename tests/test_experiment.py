@@ -1,0 +1,266 @@
+"""The experiment pipeline behind ``pysteer demo`` and the report: types, targets, evaluate, run, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import pysteer
+from model_zoo import STEERED_LAYER, WIDTH, tiny_chat_model
+from pysteer import DenseIntervention, SparseIntervention, SteeringSpec
+from pysteer.cli import main
+from pysteer.discovery.concise import _instruction_text
+from pysteer.discovery.prompts import VARIANTS, instruction_variants
+from pysteer.evaluation import builtin_prompts, generate_responses, score_responses
+from pysteer.experiment import (INSTRUCTION_TYPES, TYPE_NAMES, Budget, ExperimentError, discovery_queries,
+                                evaluate, run_experiment, stack_specs, targets, write_report)
+from pysteer.experiment import cli as demo_cli
+from pysteer.sae import random_sae
+
+TOY = Budget(n_pairs=2, n_contents=2, pair_max_new_tokens=6, tune_rounds=2, tune_q=2, tune_minibatch=2,
+             tune_max_new_tokens=4, tune_restarts=2, tune_raw_samples=32, eval_max_new_tokens=6, n_heldout=3,
+             batch_size=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models' matmuls are far too small for two threads, which on a busy CPU only
+    wait for each other (10-30x slower here); restored for the other test modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def chat():
+    return tiny_chat_model(0)
+
+
+def _sae(tmp_path=None):
+    sae = random_sae(WIDTH, 64, "standard", seed=3)
+    sae.hook_name = f"blocks.{STEERED_LAYER}.hook_resid_post"
+    return sae if tmp_path is None else pysteer.load_sae(sae.save(tmp_path / "sae"))
+
+
+# ----------------------------------------------------------------------------- instruction table
+
+
+def test_instruction_table_matches_builtin_prompts():
+    assert TYPE_NAMES == ("lowercase", "uppercase", "json", "bullets", "no_comma", "short")
+    for itype in INSTRUCTION_TYPES:
+        prompts = builtin_prompts("all", [itype.instruction_id])
+        assert len(prompts) == 30
+        # the text discovery uses is one of the phrasings the type is evaluated with, verbatim
+        hits = [p for p in prompts if p.prompt == f"{p.base_prompt} {itype.instruction_text}"]
+        assert hits, itype.name
+        variants = itype.variants()
+        assert len(variants) >= 6 and len(set(variants)) == len(variants)
+        if isinstance(itype.saif_variants, str):
+            assert variants == VARIANTS[itype.saif_variants]
+        # SAIF takes our variants as given; Concise-SAE writes its pairs with our text, not a built-in one
+        assert instruction_variants(itype.instruction_text, variants) == variants
+        assert _instruction_text(itype.instruction_text) == itype.instruction_text
+    queries = discovery_queries()
+    held_out = {p.base_prompt for p in builtin_prompts("heldout")}
+    assert len(queries) >= 20 and not set(queries) & held_out
+    assert "Explain why people keep pets." in held_out  # the built-in queries hold it: it was removed
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def _rows(cells):
+    """Rows from {type: (unsteered no-instr, {method: steered no-instr}, instr, {method: instr+steer})},
+    each cell (ifr_loose, degenerate_rate, perplexity)."""
+    rows = []
+    for name, (base, steered, instr, both) in cells.items():
+        for setting, unsteered, by_method in (("no_instruction", base, steered), ("instruction", instr, both)):
+            for method, (ifr, degenerate, ppl) in [("unsteered", unsteered), *by_method.items()]:
+                rows.append({"type": name, "setting": setting, "method": method, "steered": method != "unsteered",
+                             "ifr_loose": ifr, "degenerate_rate": degenerate, "mean_perplexity": ppl})
+    return rows
+
+
+def test_targets_rules_on_hand_made_numbers():
+    ok = (0.3, 0.10, 15.0)            # gain 0.3 − 0.1 (< 0.2 in floats), 10% degenerate, ppl 1.5× of 10
+    cells = {}
+    for i in range(6):
+        first_three = i < 3
+        cells[f"t{i}"] = (
+            (0.1, 0.0, 10.0),
+            {"good": ok if first_three else (0.2, 0.0, 10.0),       # (a) 3 of 6: met
+             "ppl": (0.3, 0.0, 15.1 if i == 0 else 15.0) if first_three else (0.1, 0.0, 10.0),
+             "degen": (0.3, 0.11 if i == 1 else 0.1, 10.0) if first_three else (0.1, 0.0, 10.0),
+             "empty": (0.3, 0.0, None if i == 2 else 10.0) if first_three else (0.1, 0.0, 10.0)},
+            (0.5, 0.0, 10.0),
+            {"good": (0.5 if i < 4 else 0.4, 0.0, 10.0),             # (b) 4 of 6: met
+             "ppl": (0.6 if i < 3 else 0.4, 0.0, 10.0),              # (b) 3 of 6: missed
+             "degen": (0.5, 0.9, 99.0), "empty": (0.0, 0.0, None)})
+    found = targets(_rows(cells))["methods"]
+    assert found["good"]["a"]["status"] == "met" and found["good"]["a"]["passed_types"] == ["t0", "t1", "t2"]
+    assert found["good"]["a"]["per_type"]["t0"]["gain"] == pytest.approx(0.2)
+    assert found["good"]["a"]["per_type"]["t0"]["perplexity_ratio"] == pytest.approx(1.5)
+    assert found["good"]["a"]["per_type"]["t3"]["failed"] == ["gain"]
+    assert found["ppl"]["a"]["status"] == "missed" and found["ppl"]["a"]["per_type"]["t0"]["failed"] == ["perplexity"]
+    assert found["degen"]["a"]["status"] == "missed" and found["degen"]["a"]["per_type"]["t1"]["failed"] == ["degenerate"]
+    assert found["empty"]["a"]["status"] == "missed" and found["empty"]["a"]["per_type"]["t2"]["failed"] == ["perplexity"]
+    assert found["good"]["b"]["status"] == "met" and found["good"]["b"]["passed"] == 4
+    assert found["ppl"]["b"]["status"] == "missed" and found["ppl"]["b"]["passed"] == 3
+    # (b) compares IFR only: degenerate, fluent-or-not instruction + steering at equal IFR passes
+    assert found["degen"]["b"]["passed"] == 6 and found["empty"]["b"]["passed"] == 0
+
+    two = {name: cells[name] for name in ("t0", "t3")}  # e.g. the demo: too few types to decide
+    partial = targets(_rows(two))["methods"]["good"]
+    assert partial["a"]["status"] == "undecided" and partial["a"]["passed"] == 1 and partial["a"]["evaluated"] == 2
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _specs():
+    sae = _sae()
+    sae.b_enc[17] = 6.0  # always active: scaling it (sparse_b) moves the residual, scale 1 does not
+    gen = torch.Generator().manual_seed(5)
+    u = torch.randn(WIDTH, generator=gen)
+    project = SteeringSpec([DenseIntervention(STEERED_LAYER, u / u.norm(), [[12.0]], "project")])
+    add = SteeringSpec([SparseIntervention.from_sae(sae, [3, 17, 40], [[9.0, -6.0, 7.0]], "add")])
+    mixed = SteeringSpec([SparseIntervention.from_sae(sae, [5, 17, 60], [[8.0, 3.0, -9.0]],
+                                                      ["add", "scale", "add"])])
+    return {"dm": project, "sparse_a": add, "sparse_b": mixed}
+
+
+def test_stack_specs_only_groups_exact_edits():
+    specs = _specs()
+    sae = _sae()
+    specs["set"] = SteeringSpec([SparseIntervention.from_sae(sae, [1], [[4.0]], "set")])
+    specs["dense_add"] = SteeringSpec([DenseIntervention(0, torch.eye(WIDTH)[:2], [[1.0, 2.0]], "add")])
+    groups = stack_specs(specs)
+    assert [names for _, names in groups] == [["dm"], ["set"], ["sparse_a", "sparse_b", "dense_add"]]
+    stacked = groups[-1][0]
+    assert stacked.n_configs == 3 and len(stacked.interventions) == 3
+    # config 1 is sparse_b's row; the others sit at their neutral coefficients (add 0, scale 1)
+    assert stacked.interventions[0].coefficients.tolist() == [[9.0, -6.0, 7.0], [0.0] * 3, [0.0] * 3]
+    assert stacked.interventions[1].coefficients.tolist() == [[0.0, 1.0, 0.0], [8.0, 3.0, -9.0], [0.0, 1.0, 0.0]]
+    assert stacked.interventions[2].coefficients.tolist() == [[0.0, 0.0], [0.0, 0.0], [1.0, 2.0]]
+
+
+def test_evaluate_equals_plain_and_single_spec_generation(chat):
+    model, tokenizer = chat
+    specs = _specs()
+    result = evaluate(model, tokenizer, specs, "lowercase", TOY)
+    assert result["stacks"] == [["dm"], ["sparse_a", "sparse_b"]]  # the two sparse specs share generations
+    prompts = builtin_prompts("heldout", ["change_case:english_lowercase"])[:TOY.n_heldout]
+    assert result["prompt_keys"] == [p.key for p in prompts]
+    kwargs = dict(max_new_tokens=TOY.eval_max_new_tokens, batch_size=TOY.batch_size)
+    for key, with_instruction in (("no_instruction", False), ("instruction", True)):
+        texts = [p.text(with_instruction) for p in prompts]
+        cells = result["settings"][key]
+        plain = generate_responses(model, tokenizer, texts, **kwargs)
+        assert cells["unsteered"]["responses"] == plain
+        for method, spec in specs.items():
+            with pysteer.steer(model, spec) as steering:
+                alone = generate_responses(model, tokenizer, texts, steering=steering, rows=0, **kwargs)
+            assert cells[method]["responses"] == alone, (key, method)
+            assert alone != plain, (key, method)  # the steering shows, so the equality is not vacuous
+            report = score_responses(prompts, alone, model=model, tokenizer=tokenizer,
+                                     instruction_in_prompt=with_instruction)
+            assert cells[method]["ifr_loose"] == report.ifr_loose and cells[method]["oq"] == pytest.approx(report.oq)
+            assert cells[method]["mean_perplexity"] == pytest.approx(report.mean_perplexity, rel=1e-4)
+        assert [e["prompt"] for e in cells["dm"]["examples"]] == texts[:2]
+    # nothing stays attached: the model is as before
+    assert generate_responses(model, tokenizer, [prompts[0].prompt], max_new_tokens=6) == \
+        [result["settings"]["instruction"]["unsteered"]["responses"][0]]
+
+
+# ----------------------------------------------------------------------------- run + report
+
+
+def test_run_experiment_writes_specs_that_load_back(chat, tmp_path):
+    model, tokenizer = chat
+    sae = _sae(tmp_path)
+    out = tmp_path / "run"
+    result = run_experiment(model, tokenizer, ["lowercase"], ["diff-means", "saif", "concise"], sae, TOY, out,
+                            progress=False)
+    assert sorted(p.name for p in (out / "lowercase").iterdir()) == ["concise", "concise.tuning", "diff-means", "saif"]
+    loaded = {m: SteeringSpec.load(out / "lowercase" / m) for m in result.methods}
+    dm = loaded["diff-means"]
+    assert dm.interventions[0].edits[0].name == "ADD" and "layer_search" in dm.metadata
+    # its coefficient is one of the grid's multiples of ‖v‖, the one the search chose
+    search = dm.metadata["layer_search"][str(dm.layers[0])]
+    assert dm.interventions[0].coefficients.item() == pytest.approx(search["coefficient"])
+    assert loaded["saif"].metadata["method"] == "saif" and len(loaded["saif"].metadata["discovery"]["features"]) == 15
+    tuned = loaded["concise"]
+    assert tuned.interventions[0].width == 30 and "tuner" in tuned.metadata
+    history = json.loads((out / "lowercase" / "concise.tuning" / "history.json").read_text())
+    assert history["rounds_done"] == TOY.tune_rounds and history["settings"]["instruction_in_prompt"] is False
+    assert history["records"][0]["proposer"] == "template"
+    # the tuner's best candidate is what was saved and evaluated
+    assert tuned.interventions[0].coefficients[0].tolist() == pytest.approx(
+        max(history["records"], key=lambda r: r["reward"])["candidate"])
+    assert set(result.timings["lowercase"]["discover"]) == set(result.methods)
+    assert result.timings["lowercase"]["tune"].keys() == {"concise"} and result.timings["lowercase"]["eval"] > 0
+
+    doc = json.loads((out / "results.json").read_text())
+    assert len(doc["rows"]) == 2 * (1 + 3) and doc["targets"]["methods"].keys() == {"diff-means", "saif", "concise"}
+    markdown = (out / "results.md").read_text()
+    assert "| lowercase | no instruction + steering | concise |" in markdown and "## Targets" in markdown
+    with pytest.raises(FileExistsError, match="overwrite"):
+        run_experiment(model, tokenizer, ["lowercase"], ["diff-means"], sae, TOY, out, progress=False)
+    with pytest.raises(ExperimentError, match="no SAE at layer"):
+        run_experiment(model, tokenizer, ["lowercase"], ["saif"], sae, TOY, tmp_path / "x", layers=0, progress=False)
+
+    # write_report: JSON without the responses, markdown with the examples side by side
+    written = write_report(result, tmp_path / "r" / "results.json", tmp_path / "r" / "results.md", responses=False)
+    cell = written["evaluations"]["lowercase"]["settings"]["no_instruction"]["saif"]
+    assert "responses" not in cell and len(cell["examples"]) == 2
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["rows"] == written["rows"]
+    table = (tmp_path / "r" / "results.md").read_text()
+    header = "| prompt | unsteered | diff-means | saif | concise |"
+    assert table.count(header) == 2 and "Describe the sun." in table
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_demo_cli_refuses_existing_out_and_missing_sae(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["demo", "--out", str(out), "--sae", str(tmp_path / "nope")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+    assert main(["demo", "--out", str(tmp_path / "new"), "--sae", str(tmp_path / "nope")]) == 2
+    assert f"{tmp_path / 'nope'}: no such SAE directory" in capsys.readouterr().err
+    # the shipped SAE missing (as before the package ships one): the message names where it belongs
+    import pysteer.models
+    monkeypatch.setattr(pysteer.models, "SHIPPED_SAE_DIR", tmp_path / "saes")
+    assert main(["demo", "--out", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "saes" / "index.json") in err and "--sae" in err
+    (tmp_path / "saes").mkdir()
+    (tmp_path / "saes" / "index.json").write_text(json.dumps({"default_layer": 1, "layers": [1]}))
+    assert main(["demo", "--out", str(tmp_path / "new")]) == 2
+    assert f"{tmp_path / 'saes' / 'layer_1'}: missing" in capsys.readouterr().err
+    _sae().save(tmp_path / "saes" / "layer_1")
+    assert pysteer.models.shipped_sae().hook_layer == STEERED_LAYER
+    assert not (tmp_path / "new").exists()  # nothing was written by the failed runs
+
+
+def test_demo_cli_end_to_end_on_a_tiny_model(chat, tmp_path, capsys, monkeypatch):
+    model, tokenizer = chat
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    monkeypatch.setitem(demo_cli.BUDGETS, "demo", lambda: TOY)
+    sae = _sae(tmp_path)
+    argv = ["demo", "--model", str(tmp_path / "tiny"), "--sae", sae.source, "--out", str(tmp_path / "out"),
+            "--methods", "diff-means", "saif", "--types", "uppercase", "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "uppercase  diff-means" in printed and "steered by saif" in printed
+    assert f"{tmp_path / 'out' / 'uppercase' / 'diff-means'}" in printed
+    SteeringSpec.load(tmp_path / "out" / "uppercase" / "saif")
+    assert (tmp_path / "out" / "results.md").is_file()
