@@ -39,6 +39,13 @@ TYPES = {
 }
 
 
+def _decisive(scores: dict) -> bool:
+    """A type tells layers apart only if its qualified layers do not all score the same
+    (all-zero types pick the first layer by the tie rule, which is no evidence)."""
+    qualified = {round(v["accuracy"], 9) for v in scores.values() if not v["disqualified"]}
+    return len(qualified) > 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=int, nargs="+", default=[6, 9, 12, 15, 18, 21, 24])
@@ -50,7 +57,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     model, tokenizer = load_model()
     scorer = evaluation_scorer(max_new_tokens=args.max_new_tokens, batch_size=args.n_validation)
-    rows, wins = [], collections.Counter()
+    rows, wins = [], collections.Counter()  # wins: only types whose layers score differently
     for instruction, iid in TYPES.items():
         start = time.perf_counter()
         validation = builtin_prompts("train", [iid])[:args.n_validation]
@@ -62,7 +69,9 @@ def main(argv=None) -> int:
                      "baseline": vars(search.baseline) if search.baseline else None, "scores": scores,
                      "grid": grid,
                      "seconds": round(time.perf_counter() - start, 1)})
-        if search.best_layer is not None:
+        decisive = _decisive(scores)
+        rows[-1]["decisive"] = decisive
+        if decisive:
             wins[search.best_layer] += 1
         print(f"{iid}: best layer {search.best_layer}; "
               + ", ".join(f"{k}:{v['accuracy']:.1f}{'x' if v['disqualified'] else ''}" for k, v in scores.items()),
