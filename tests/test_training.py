@@ -199,6 +199,13 @@ def test_self_chat_cache_replays_transcripts_and_refuses_other_settings(chat, tm
     monkeypatch.setattr(cached, "_answer", no_generation)
     assert list(cached.texts("heldout")) == first                          # read back, not generated
     assert list(cached.texts("heldout", start=2)) == first[2:]
+    # Later passes cut the prompts into the same batches (n is not a multiple of the batch
+    # size here), so cycling and resuming mid-pass replay the cache too.
+    assert len(first) % 4 != 0
+    import itertools
+    two_passes = list(itertools.islice(cached.texts("heldout", cycle=True), 2 * len(first) + 3))
+    assert two_passes == first + first + first[:3]
+    assert list(itertools.islice(cached.texts("heldout", start=len(first) + 2, cycle=True), 3)) == first[2:5]
     with pytest.raises(TrainingError, match="other settings"):
         list(SelfChatCorpus(model, tokenizer, n_prompts=40, batch_size=4, max_new_tokens=6,
                             heldout_fraction=0.2, cache_dir=tmp_path).texts("heldout"))

@@ -144,14 +144,19 @@ class SelfChatCorpus:
         _check_split(split)
         prompts = self._prompts[split]
         n = len(prompts)
-        batch = start // self.batch_size
-        skip = start - batch * self.batch_size
-        while cycle or batch * self.batch_size < n:
+        per_pass = -(-n // self.batch_size)  # batches per pass; the last may be short
+        epoch, index = divmod(start, n) if cycle else (0, start)
+        batch, skip = divmod(index, self.batch_size)
+        while cycle or epoch == 0:
+            if batch >= per_pass:
+                if not cycle:
+                    return
+                epoch, batch = epoch + 1, 0
             lo = batch * self.batch_size
-            # Batch b always holds prompts [b·B, (b+1)·B) (mod n): the same padding, so the
-            # same greedy outputs, whichever index a resumed run starts from.
-            chunk = [prompts[i % n] for i in range(lo, lo + self.batch_size) if cycle or i < n]
-            for text in self._cached_answer(split, chunk, batch)[skip:]:
+            # Every pass cuts the prompts into the same batches: the same padding, so the
+            # same greedy outputs (and cache entries), whichever index a run resumes from.
+            chunk = prompts[lo:lo + self.batch_size]
+            for text in self._cached_answer(split, chunk, epoch * per_pass + batch)[skip:]:
                 yield text
             skip = 0
             batch += 1
