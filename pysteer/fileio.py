@@ -40,9 +40,7 @@ def write_text_atomic(path: "str | os.PathLike", text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; these are ordinary files
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; these are ordinary files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -77,6 +75,15 @@ def staged_directory(path: "str | os.PathLike", overwrite: bool = False) -> Iter
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def save_tensors(path: "str | os.PathLike", tensors: dict) -> None:
+    """``safetensors.torch.save_file``, with the mode any file the user writes gets
+    (safetensors creates its files private, 0o600)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def _umask() -> int:

@@ -24,10 +24,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .errors import SAEFormatError
-from .fileio import read_json_object, staged_directory
+from .fileio import read_json_object, save_tensors, staged_directory
 
 ARCHITECTURES = ("standard", "jumprelu", "topk")
 SAE_LENS_CFG = "cfg.json"
@@ -212,7 +212,7 @@ class SAE:
             cfg["k"] = int(self.k)
             cfg["rescale_acts_by_decoder_norm"] = self.feature_scale is not None
         with staged_directory(path, overwrite) as staging:
-            save_file(tensors, str(staging / SAE_LENS_WEIGHTS))
+            save_tensors(staging / SAE_LENS_WEIGHTS, tensors)
             (staging / SAE_LENS_CFG).write_text(json.dumps(cfg, indent=2, default=str))
         return path
 

@@ -30,10 +30,10 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .errors import SAEFormatError, SteeringSpecError
-from .fileio import read_json_object, staged_directory
+from .fileio import read_json_object, save_tensors, staged_directory
 from .ops.modes import DenseEdit, FeatureEdit
 from .sae import SAE, load_sae
 
@@ -237,7 +237,7 @@ class SteeringSpec:
                "model": self.model, "metadata": self.metadata, "interventions": entries}
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         with staged_directory(path, overwrite) as staging:
-            save_file(tensors, str(staging / SPEC_TENSORS))
+            save_tensors(staging / SPEC_TENSORS, tensors)
             (staging / SPEC_JSON).write_text(json.dumps(doc, indent=2))
         return Path(path)
 

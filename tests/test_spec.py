@@ -111,3 +111,5 @@ def test_saved_directories_get_the_users_usual_mode_not_a_private_one(tmp_path):
         os.umask(mask)
     for name in ("spec", "sae"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o755   # mkdtemp's 0o700 would fail this
+        for file in (tmp_path / name).iterdir():                   # safetensors writes 0o600 files
+            assert file.stat().st_mode & 0o777 == 0o644, file

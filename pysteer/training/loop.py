@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from ..fileio import read_json_object, write_json_atomic
+from ..fileio import read_json_object, save_tensors, write_json_atomic
 from ..sae import SAE, dtype_name
 from .errors import TrainingError
 from .activations import ActivationSource, BufferState, ShuffleBuffer
@@ -79,7 +79,7 @@ def _save_checkpoint(directory: Path, state: dict, trainers: dict[int, TopKTrain
     for layer, trainer in trainers.items():
         tensors.update(trainer.state_tensors(f"layer{layer}."))
     tmp = directory / (name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    save_tensors(tmp, {k: v.contiguous() for k, v in tensors.items()})
     os.replace(tmp, directory / name)
     write_json_atomic(directory / STATE_FILE, dict(state, tensors=name))
     for old in directory.glob("state-*.safetensors*"):
