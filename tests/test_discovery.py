@@ -209,6 +209,28 @@ def test_layer_search_picks_a_coefficient_per_layer_in_one_scoring_call(instr_mo
     assert chosen.coefficients.item() == pytest.approx(search.scores[search.best_layer].coefficient)
 
 
+def test_layer_search_disqualifies_coefficients_whose_perplexity_exceeds_the_bound(instr_model):
+    model, tokenizer, _ = instr_model
+
+    class PerplexityScorer:  # IFR and perplexity both grow with the coefficient; baseline ppl 2
+        def __call__(self, model_, tokenizer_, spec, validation):
+            return LayerScore(0.0, 0.0, perplexity=2.0)
+
+        def score_configs(self, model_, tokenizer_, spec, validation):
+            scales = [c / spec.interventions[0].coefficients[0, 0].item()
+                      for c in spec.interventions[0].coefficients[:, 0].tolist()]
+            return [LayerScore(0.1 * s, 0.0, perplexity=2.0 * s) for s in scales]
+
+    search = layer_search(model, tokenizer, INSTRUCTION, ["v"], PerplexityScorer(), candidate_layers=[0],
+                          base_prompts=CONTENTS, mode="add", scales=[1, 1.5, 2, 4], max_perplexity_ratio=1.5,
+                          progress=False)
+    assert [s.disqualified for s in search.grid[0]] == [False, False, True, True]   # ppl 2, 3 | 4, 8
+    assert search.scores[0].coefficient == pytest.approx(1.5 * search.results[0].norm)
+    with pytest.raises(ValueError, match="reports perplexity"):
+        layer_search(model, tokenizer, INSTRUCTION, ["v"], lambda *a: LayerScore(0.0, 0.0), candidate_layers=[0],
+                     base_prompts=CONTENTS, max_perplexity_ratio=1.5, progress=False)
+
+
 def test_evaluation_scorer_rows_equal_one_spec_at_a_time():
     model, tokenizer = tiny_chat_model(0)
     validation = builtin_prompts("train", ["punctuation:no_comma"])[:3]

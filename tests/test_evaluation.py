@@ -271,7 +271,7 @@ def test_perplexity_shares_each_prompt_and_matches_an_unpadded_oracle(tiny):
     from pysteer.evaluation.metrics import _prompt_ids
     model, tokenizer = tiny
     prompts = [p.prompt for p in builtin_prompts("train")[::50]][:3]
-    answers = ["The moon is a rock.", "hello there, friend", "1 2 3", "Sure! Here it is"]
+    answers = ["The moon is a rock.", "hello there, friend", "1 2 3", "Sure! Here it is", "1 2 3"]
     pairs = [(p, a) for a in answers for p in prompts]          # candidate-major, as the tuner
     got = response_perplexity(model, tokenizer, [p for p, _ in pairs], [a for _, a in pairs], batch_size=5)
     for (prompt, answer), value in zip(pairs, got):

@@ -129,6 +129,7 @@ class LayerScore:
     degenerate_rate: float  # fraction of outputs that are empty, repetitive or broken
     disqualified: bool = False
     coefficient: Optional[float] = None  # the coefficient scored (None: the mode's default)
+    perplexity: Optional[float] = None   # mean response perplexity under the unsteered model, if scored
 
 
 Scorer = Callable[[nn.Module, Any, Optional[SteeringSpec], Any], "LayerScore | Mapping[str, float]"]
@@ -156,9 +157,9 @@ class EvaluationScorer:
     """
 
     def __init__(self, max_new_tokens: int = 64, batch_size: int = 8, chat: bool = True,
-                 use_base_prompt: bool = True) -> None:
+                 use_base_prompt: bool = True, perplexity: bool = False) -> None:
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        self.chat, self.use_base_prompt = chat, use_base_prompt
+        self.chat, self.use_base_prompt, self.perplexity = chat, use_base_prompt, perplexity
 
     def __call__(self, model: nn.Module, tokenizer, spec: Optional[SteeringSpec], validation: Any) -> LayerScore:
         if spec is None:
@@ -185,18 +186,26 @@ class EvaluationScorer:
                 rows = [c for c in range(n_configs) for _ in texts]
                 responses = evaluation.generate_responses(model, tokenizer, texts * n_configs,
                                                           steering=steering, rows=rows, **kwargs)
+        perplexities = [None] * len(responses)
+        if self.perplexity:  # nothing is attached any more: this is the unsteered model
+            perplexities = evaluation.response_perplexity(model, tokenizer, texts * n_configs, responses,
+                                                          batch_size=self.batch_size * n_configs, chat=self.chat)
         scores = []
         for c in range(n_configs):
-            report = evaluation.score_responses(prompts, responses[c * len(texts):(c + 1) * len(texts)],
+            rows = slice(c * len(texts), (c + 1) * len(texts))
+            report = evaluation.score_responses(prompts, responses[rows], perplexities=perplexities[rows]
+                                                if self.perplexity else None,
                                                 instruction_in_prompt=not self.use_base_prompt)
-            scores.append(LayerScore(float(report.ifr_loose), float(report.degenerate_rate)))
+            scores.append(LayerScore(float(report.ifr_loose), float(report.degenerate_rate),
+                                     perplexity=report.mean_perplexity))
         return scores
 
 
 def evaluation_scorer(max_new_tokens: int = 64, batch_size: int = 8, chat: bool = True,
-                      use_base_prompt: bool = True) -> EvaluationScorer:
-    """The default :class:`EvaluationScorer` (IFR loose, degenerate rate)."""
-    return EvaluationScorer(max_new_tokens, batch_size, chat, use_base_prompt)
+                      use_base_prompt: bool = True, perplexity: bool = False) -> EvaluationScorer:
+    """The default :class:`EvaluationScorer` (IFR loose, degenerate rate; with ``perplexity``
+    also the responses' mean perplexity under the unsteered model)."""
+    return EvaluationScorer(max_new_tokens, batch_size, chat, use_base_prompt, perplexity)
 
 
 def default_candidate_layers(model: nn.Module) -> list[int]:
@@ -234,7 +243,7 @@ def layer_search(model: nn.Module, tokenizer, instruction: str, validation: Any,
                  scorer: Optional[Scorer] = None, *, candidate_layers: Optional[Sequence[int]] = None,
                  base_prompts: Optional[Sequence[str]] = None, n_prompts: Optional[int] = None,
                  mode: str = "project", coefficient: Optional[float] = None,
-                 scales: Optional[Sequence[float]] = None,
+                 scales: Optional[Sequence[float]] = None, max_perplexity_ratio: Optional[float] = None,
                  max_degenerate: float = 0.2, score_baseline: bool = True, placement: str = "after",
                  chat: bool = True, batch_size: int = 8, progress: bool = True,
                  seed: int = 0) -> LayerSearch:
@@ -246,7 +255,10 @@ def layer_search(model: nn.Module, tokenizer, instruction: str, validation: Any,
     default [1]), each scored by ``scorer(model, tokenizer, spec, validation)`` →
     (accuracy, degenerate rate) (default: :func:`evaluation_scorer`) — all of a layer's
     coefficients in one batched generation when the scorer has ``score_configs``. A
-    coefficient whose degenerate rate exceeds ``max_degenerate`` is disqualified; a
+    coefficient whose degenerate rate exceeds ``max_degenerate`` is disqualified, and so
+    is one whose responses' perplexity exceeds ``max_perplexity_ratio`` × the unsteered
+    responses' (this needs a scorer reporting perplexity, e.g.
+    ``evaluation_scorer(perplexity=True)``); a
     layer's score is its best qualified coefficient (ties → the first scale), and the
     best layer wins (ties → the earlier layer). ``grid`` keeps every score.
     """
@@ -256,11 +268,20 @@ def layer_search(model: nn.Module, tokenizer, instruction: str, validation: Any,
     scales = [1.0] if scales is None else [float(x) for x in scales]
     if not scales:
         raise ValueError("scales must hold at least one multiplier")
-    scorer = scorer or evaluation_scorer(chat=chat, batch_size=batch_size)
+    if max_perplexity_ratio is not None and not score_baseline:
+        raise ValueError("max_perplexity_ratio compares with the unsteered responses: keep score_baseline")
+    scorer = scorer or evaluation_scorer(chat=chat, batch_size=batch_size,
+                                         perplexity=max_perplexity_ratio is not None)
     results = instruction_vectors(model, tokenizer, instruction, layers, base_prompts,
                                   n_prompts=n_prompts, placement=placement, seed=seed, chat=chat,
                                   batch_size=batch_size, progress=progress)
     baseline = _as_score(scorer(model, tokenizer, None, validation)) if score_baseline else None
+    max_perplexity = None
+    if max_perplexity_ratio is not None:
+        if baseline.perplexity is None:
+            raise ValueError("max_perplexity_ratio needs a scorer that reports perplexity "
+                             "(evaluation_scorer(perplexity=True))")
+        max_perplexity = max_perplexity_ratio * baseline.perplexity
     scores: dict[int, LayerScore] = {}
     grid: dict[int, list[LayerScore]] = {}
     for layer in tqdm(layers, desc="layer search", disable=not progress, unit="layer"):
@@ -275,7 +296,8 @@ def layer_search(model: nn.Module, tokenizer, instruction: str, validation: Any,
             tried = [_as_score(scorer(model, tokenizer, result.spec(mode, c), validation)) for c in coefficients]
         for score, c in zip(tried, coefficients):
             score.coefficient = c if (len(scales) > 1 or coefficient is not None) else None
-            score.disqualified = score.degenerate_rate > max_degenerate
+            score.disqualified = score.degenerate_rate > max_degenerate or (
+                max_perplexity is not None and (score.perplexity is None or score.perplexity > max_perplexity))
         grid[layer] = tried
         qualified = [s for s in tried if not s.disqualified]
         # The layer's score: its best qualified coefficient, else its best one (disqualified).

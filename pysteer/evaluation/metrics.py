@@ -104,7 +104,8 @@ def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Seq
     The prompt is chat-templated with the generation prompt (as it was generated);
     the response is tokenized without special tokens. Empty responses get NaN.
 
-    Responses are scored ``batch_size`` at a time, grouped by prompt. Each distinct
+    Each distinct (prompt, response) pair is scored once. Responses are scored
+    ``batch_size`` at a time, grouped by prompt. Each distinct
     prompt of a batch is run once (left-padded, with explicit positions, so it equals
     an unpadded pass) and its KV cache is shared by every response to it: the tuner
     scores q candidates' responses to the same P prompts, and that q-fold prompt
@@ -125,8 +126,13 @@ def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Seq
         raise EvaluationError("a prompt tokenizes to nothing: its response's first token has no context")
     response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
     out = [float("nan")] * len(prompts)
-    # Same prompts next to each other, so a batch holds few distinct prompts.
-    scored = sorted((i for i, r in enumerate(response_ids) if r), key=lambda i: (prompts[i], i))
+    # A (prompt, response) pair is scored once however often it occurs (greedy candidates
+    # close in coefficients often answer alike); same prompts go next to each other, so a
+    # batch holds few distinct prompts.
+    first_of: dict[tuple[str, str], int] = {}
+    for i, r in enumerate(responses):
+        first_of.setdefault((prompts[i], r), i)
+    scored = sorted((i for i in first_of.values() if response_ids[i]), key=lambda i: (prompts[i], i))
     saved = None
     if steering is not None:
         saved = (steering.state.rows, steering.state.prompt_length)
@@ -160,7 +166,7 @@ def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Seq
     finally:
         if steering is not None:
             steering.state.rows, steering.state.prompt_length = saved
-    return out
+    return [out[first_of[(p, r)]] for p, r in zip(prompts, responses)]
 
 
 def _prefill_prompts(model, prompt_ids: list[list[int]], pad: int, device, steering):

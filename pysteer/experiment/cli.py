@@ -1,6 +1,6 @@
 """``pysteer demo``: the results report's experiment, small, on the embedded model, offline.
 
-    pysteer demo                                   lowercase + uppercase × diff-means, SAIF, Concise-SAE
+    pysteer demo                                   no_comma + short × diff-means, SAIF, Concise-SAE
     pysteer demo --types json short --methods saif concise --out my-demo
     pysteer demo --sae my_sae_dir --budget report  another SAE; the report's sizes
 
@@ -25,7 +25,8 @@ import torch
 from .instructions import TYPE_NAMES
 from .pipeline import BUDGETS, METHODS, SAE_METHODS, SETTINGS, UNSTEERED, ExperimentResult
 
-DEFAULT_TYPES = ("lowercase", "uppercase")
+# The two types where steering measurably changes this 135M model (reports/smollm2/results.md).
+DEFAULT_TYPES = ("no_comma", "short")
 
 
 def _triple(cell: dict[str, Any]) -> str:

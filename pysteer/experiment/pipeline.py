@@ -4,9 +4,10 @@ For each instruction type (:mod:`.instructions`) and each method:
 
 - ``diff-means`` (Stolfo et al.): the difference-in-means vector, added as ``h + c·u``
   with the layer (among ``Budget.dm_layers``) and c (among ``Budget.dm_scales`` ×
-  ‖v‖) chosen by IFR on the type's train prompts, degenerate choices excluded — the
-  paper's layer search, with a coefficient grid because at the projection form's z̄
-  this 135M model's outputs do not change (reports/smollm2/layer_search.json);
+  ‖v‖) chosen by IFR on the type's train prompts among the choices within the report's
+  quality bounds (degenerate ≤ 10 %, perplexity ≤ 1.5 × unsteered) — the paper's layer
+  search, with a coefficient grid because at the projection form's z̄ this 135M
+  model's outputs do not change (reports/smollm2/layer_search.json);
 - ``saif``: SAIF's top latents with their score-proportional ``add`` weights; not tuned;
 - ``concise`` (Concise-SAE): 15 supportive + 15 opposing latents, whose coefficients
   are then tuned by the BoTorch tuner on the type's *train* prompts sent *without* the
@@ -43,6 +44,7 @@ from ..sae import SAE, load_sae
 from ..spec import SparseIntervention, SteeringSpec
 from .errors import ExperimentError
 from .instructions import InstructionType, get_type, resolve_types
+from .report import MAX_DEGENERATE, MAX_PPL_RATIO
 
 __all__ = ["METHODS", "SAE_METHODS", "TUNED_METHODS", "SETTINGS", "Budget", "discovery_queries",
            "find_spec", "tune_spec", "discover", "stack_specs", "evaluate", "ExperimentResult",
@@ -79,7 +81,7 @@ class Budget:
     batch_size: int = 32
     # diff-means: coefficients c = s·‖v_ℓ‖ tried (add form) and train prompts scoring them;
     # candidate layers for its layer search (empty: the experiment's layer only)
-    dm_scales: tuple[float, ...] = (1.0, 2.0, 4.0)
+    dm_scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
     dm_validation: int = 8
     dm_layers: tuple[int, ...] = ()
 
@@ -147,10 +149,14 @@ def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
         # the type's train prompts, sent without the instruction.
         candidates = sorted(set(budget.dm_layers) | {layer}) if budget.dm_layers else [layer]
         validation = builtin_prompts("train", [itype.instruction_id])[:budget.dm_validation]
-        scorer = evaluation_scorer(max_new_tokens=budget.tune_max_new_tokens, batch_size=len(validation))
+        # A coefficient qualifies only within the report's quality bounds (degenerate ≤ 10 %,
+        # perplexity ≤ 1.5 × the unsteered responses'), checked here on train prompts.
+        scorer = evaluation_scorer(max_new_tokens=budget.tune_max_new_tokens, batch_size=len(validation),
+                                   perplexity=True)
         search = layer_search(model, tokenizer, itype.instruction_text, validation, scorer,
                               candidate_layers=candidates, base_prompts=discovery_queries(),
-                              n_prompts=budget.n_pairs, mode="add", scales=list(budget.dm_scales), **common)
+                              n_prompts=budget.n_pairs, mode="add", scales=list(budget.dm_scales),
+                              max_degenerate=MAX_DEGENERATE, max_perplexity_ratio=MAX_PPL_RATIO, **common)
         if search.best_layer is None:  # every coefficient degenerated everywhere: the smallest at the given layer
             spec = search.results[layer].spec("add", budget.dm_scales[0] * search.results[layer].norm)
         else:
