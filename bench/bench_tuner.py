@@ -62,13 +62,15 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--shared-cpu", action="store_true",
+                    help="other jobs share the CPU: say so in the printout and the JSON rows")
     ap.add_argument("--out", default=None, help="directory for the JSON rows (default bench/results)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     shared_note = ("CPU shared with other jobs while measured: absolute times are noisy, the "
-                   "ratio less so" if device.type == "cpu" else None)
+                   "ratio less so") if args.shared_cpu else None
     info = device_info(device)
     print(f"device {device} ({info['device_name']}), threads {torch.get_num_threads()}"
           + (f" — NOTE: {shared_note}" if shared_note else ""))
