@@ -136,6 +136,13 @@ def load_model(name_or_path: Optional[str] = None, dtype: torch.dtype = torch.fl
     return model, tokenizer
 
 
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch, by ``generate``'s own rule (cumulative mask − 1,
+    padding at 0): a forward pass given these equals each row's unpadded pass."""
+    mask = attention_mask.long()
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
 def encode_prompts(tokenizer, prompts: Sequence[str], chat: bool = True,
                    device: "str | torch.device" = "cpu") -> dict[str, torch.Tensor]:
     """Left-padded ``input_ids`` and ``attention_mask`` for a list of user prompts.

@@ -120,15 +120,16 @@ def test_repeated_prompts_share_the_prefill_below_the_steered_layer(model, posit
     q = 3
     ids, mask = ids.repeat(q, 1), mask.repeat(q, 1)
     rows = [c for c in range(q) for _ in seqs]
-    prefill_batches = []
+    prefill_batches, decode_steps = [], []
     hook = decoder_layers(model)[0].register_forward_hook(
-        lambda module, args, out: prefill_batches.append(args[0].shape[0]) if args[0].shape[1] > 1 else None)
+        lambda module, args, out: (prefill_batches if args[0].shape[1] > 1 else decode_steps).append(args[0].shape[0]))
     kwargs = dict(attention_mask=mask, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
                   pad_token_id=0, output_scores=True, return_dict_in_generate=True)
     try:
         with torch.no_grad(), pysteer.steer(model, tiny_spec(n_configs=q, positions=positions)) as steering:
             shared = steering.generate(ids, rows=rows, **kwargs)
             assert prefill_batches == [len(seqs)]               # each distinct prompt once
+            assert decode_steps == [q * len(seqs)] * (NEW_TOKENS - 1)   # then the real layer decodes
             plain = steering.generate(ids, rows=rows, share_prefill=False, **kwargs)
             assert prefill_batches == [len(seqs), q * len(seqs)]
     finally:

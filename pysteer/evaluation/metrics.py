@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import torch
 
 from .checkers import check_instruction
+from ..models import positions_from_mask
 from .errors import EvaluationError
 from .prompts import EvalPrompt
 from .text import words
@@ -179,7 +180,7 @@ def _prefill_prompts(model, prompt_ids: list[list[int]], pad: int, device, steer
         ids[row, width - len(p):] = torch.tensor(p)
         mask[row, width - len(p):] = 1
     ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(1) - 1).clamp(min=0)  # left padding must not shift the positions
+    positions = positions_from_mask(mask)  # left padding must not shift the positions
     if steering is not None:
         steering.set_rows([-1] * len(prompt_ids))  # every row unsteered
         steering.set_prompt_length(0)              # positions="prompt"/"generated" need a length

@@ -12,9 +12,10 @@ device that repeated prefill is a large share of the generation.
    after layer L−1), keeping each layer's output and keys/values;
 2. swaps layers 0..L−1 for :class:`_ReplayLayer` s, which answer the *first* call —
    the batch's prefill — with those results gathered to the B rows (and write the
-   keys/values into the generation's cache), and pass every later call (one new token
-   per row) to the real layer;
-3. runs ``model.generate`` on the full batch and puts the layers back.
+   keys/values into the generation's cache), then put the real layer back, so the
+   decode steps run with nothing added per token;
+3. runs ``model.generate`` on the full batch (and restores the layers if it fails
+   before the prefill).
 
 Positions follow ``generate``'s own rule (cumulative attention mask − 1), so the
 replayed states are what the batch's prefill would compute, up to floating-point
@@ -27,9 +28,11 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import DynamicCache
 
+from ..models import positions_from_mask
 from .families import decoder_layers
+from .steered_layer import find_cache
 
 __all__ = ["shared_prefill_depth", "can_share_prefill", "generate_with_shared_prefill"]
 
@@ -44,25 +47,23 @@ class _StopForward(Exception):
 
 
 class _ReplayLayer(nn.Module):
-    """Answers the batch's prefill with precomputed results; every later call goes to ``layer``."""
+    """Answers the batch's prefill with precomputed results, then puts ``layer`` back in
+    ``layers`` (decoders iterate over a copy or by key, so the swap is safe mid-forward)."""
 
-    def __init__(self, layer: nn.Module, index: int, output: Any, keys: Optional[torch.Tensor],
+    def __init__(self, layers: nn.ModuleList, index: int, output: Any, keys: Optional[torch.Tensor],
                  values: Optional[torch.Tensor], rows: torch.Tensor, seq_len: int) -> None:
         super().__init__()
-        self.layer, self.index = layer, index
+        self.layer, self.index, self._layers = layers[index], index, [layers]  # list: not a submodule
         self._output, self._keys, self._values = output, keys, values
         self._rows, self._seq_len = rows, seq_len
-        self.pending = True
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if not self.pending:
-            return self.layer(hidden_states, *args, **kwargs)
         expected = (self._rows.numel(), self._seq_len)
         if tuple(hidden_states.shape[:2]) != expected:
             raise RuntimeError(f"shared prefill: layer {self.index}'s first call has shape "
                                f"{tuple(hidden_states.shape[:2])}, expected the prefill {expected}")
-        self.pending = False
-        cache = next((a for a in (*args, *kwargs.values()) if isinstance(a, Cache)), None)
+        self._layers[0][self.index] = self.layer
+        cache = find_cache(args, kwargs)
         if cache is not None and self._keys is not None:
             cache.update(self._keys.index_select(0, self._rows), self._values.index_select(0, self._rows),
                          self.index)
@@ -81,16 +82,16 @@ def shared_prefill_depth(steering: Any) -> int:
 
 
 def _distinct_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index of each distinct (prompt, mask) row's first occurrence [U], owner of each row [B])."""
+    """(first row of each distinct (prompt, mask) [U], which distinct prompt each row is [B])."""
     key = torch.cat([input_ids, attention_mask.to(input_ids.dtype)], dim=1)
-    _, inverse = torch.unique(key, dim=0, return_inverse=True)
-    first: dict[int, int] = {}
-    for row, group in enumerate(inverse.tolist()):
-        first.setdefault(group, row)
-    groups = sorted(first, key=first.get)
-    order = {g: i for i, g in enumerate(groups)}
-    owner = torch.tensor([order[g] for g in inverse.tolist()], device=input_ids.device)
-    return torch.tensor([first[g] for g in groups], device=input_ids.device), owner
+    index_of: dict[tuple, int] = {}
+    firsts, owner = [], []
+    for row, prompt in enumerate(map(tuple, key.tolist())):
+        if prompt not in index_of:
+            index_of[prompt] = len(firsts)
+            firsts.append(row)
+        owner.append(index_of[prompt])
+    return torch.tensor(firsts, device=input_ids.device), torch.tensor(owner, device=input_ids.device)
 
 
 def can_share_prefill(input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
@@ -117,7 +118,7 @@ def generate_with_shared_prefill(steering: Any, input_ids: torch.Tensor, attenti
         return None
     layers = decoder_layers(model)
     ids, mask = input_ids.index_select(0, firsts), attention_mask.index_select(0, firsts)
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # generate()'s own rule
+    positions = positions_from_mask(mask)
     outputs: dict[int, Any] = {}
 
     def keep(index: int):
@@ -147,7 +148,7 @@ def generate_with_shared_prefill(steering: Any, input_ids: torch.Tensor, attenti
             kv = cache.layers[i] if i < len(cache.layers) else None
             keys = getattr(kv, "keys", None) if kv is not None else None
             values = getattr(kv, "values", None) if kv is not None else None
-            layers[i] = _ReplayLayer(originals[i], i, outputs[i], keys, values, owner, int(input_ids.shape[1]))
+            layers[i] = _ReplayLayer(layers, i, outputs[i], keys, values, owner, int(input_ids.shape[1]))
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
     finally:
         for i, original in originals.items():

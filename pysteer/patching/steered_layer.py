@@ -136,6 +136,12 @@ def compile_intervention(iv: Any, device: torch.device, dtype: torch.dtype) -> n
     return _CompiledDense(iv, device, dtype)
 
 
+def find_cache(args: tuple, kwargs: dict[str, Any]) -> Optional[Cache]:
+    """The KV cache among a decoder layer's arguments: families pass it by keyword or by
+    position (GPT-2), so look for it by type."""
+    return next((a for a in (*args, *kwargs.values()) if isinstance(a, Cache)), None)
+
+
 class SteeredLayer(nn.Module):
     """Wraps a decoder layer: ``out = layer(...)``, then steer ``out``'s hidden states in place."""
 
@@ -148,13 +154,10 @@ class SteeredLayer(nn.Module):
         self.state = state
 
     def _cache_start(self, args: tuple, kwargs: dict[str, Any]) -> int:
-        """Tokens already cached at this layer = absolute position of this call's first token.
-
-        Families pass the KV cache by keyword or by position (GPT-2), so look for it by type.
-        """
+        """Tokens already cached at this layer = absolute position of this call's first token."""
         if self.state.positions == "all":
             return 0
-        cache = next((a for a in (*args, *kwargs.values()) if isinstance(a, Cache)), None)
+        cache = find_cache(args, kwargs)
         return 0 if cache is None else int(cache.get_seq_length(self.layer_index))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
