@@ -7,8 +7,11 @@ minibatch of builtin prompts (one per instruction type), q = 8 candidates per ro
 with perplexity under the unsteered model — and so make the same number of
 evaluations. ``batched`` puts all q × P rows in one generation (one spec with q
 configuration rows); ``sequential`` attaches one spec and generates per candidate
-(the papers' loop). Reported: the whole tuning wall-clock, the evaluation part
-(generation + scoring) and the rest (GP fit + acquisition), and the speedups.
+(the papers' loop). Reported: the whole tuning wall-clock, the evaluation part and the
+rest (GP fit + acquisition), the evaluation's parts — the unsteered prompt pass, the
+steered generation (prefill above the shared layers + decoding) and the perplexity
+scoring — the speedups of each, and a bound: the speedup there would be if the prompt
+pass and the scoring took no time (sequential total / (generation + BO)).
 
 Before timing, the two modes must produce the same rewards round by round (greedy
 decoding; the candidates of round 1 then match too): the refcheck.
@@ -40,6 +43,7 @@ from pysteer.sae import random_sae  # noqa: E402
 from pysteer.tuner import AcquisitionOptions, make_objective, search_space, tune  # noqa: E402
 
 TARGET_SPEEDUP = 4.0
+PHASES = ("prompt_pass_s", "generate_s", "score_s")  # the evaluation's parts (generate_with_perplexity)
 LAYER, D_SAE, N_FEATURES = 15, 2048, 30
 
 
@@ -105,7 +109,8 @@ def main(argv=None) -> int:
         records = result.history.records
         eval_s = sum({r.round: r.seconds for r in records}.values())
         runs[mode] = {"total_s": total, "eval_s": eval_s, "rewards": [r.reward for r in records],
-                      "best": result.best.reward, "n_evaluations": len(records)}
+                      "best": result.best.reward, "n_evaluations": len(records),
+                      "phases": {k: objective.phase_seconds.get(k, 0.0) for k in PHASES}}
         print(f"{mode}: total {total:.1f} s, evaluation {eval_s:.1f} s, best reward {result.best.reward:.4f}")
 
     seq, bat = runs["sequential"], runs["batched"]
@@ -125,12 +130,20 @@ def main(argv=None) -> int:
             "bo_s": round(run["total_s"] - run["eval_s"], 2), "best_reward": run["best"],
             "speedup_total": round(seq["total_s"] / run["total_s"], 2),
             "speedup_eval": round(seq["eval_s"] / run["eval_s"], 2),
+            **{phase: round(run["phases"][phase], 2) for phase in PHASES},
+            **{f"speedup_{phase[:-2]}": round(seq["phases"][phase] / max(run["phases"][phase], 1e-9), 2)
+               for phase in PHASES},
+            # The speedup if this mode's prompt pass and scoring took no time at all: what its
+            # generation (and the BO step, the same work in both modes) alone allows.
+            "speedup_bound": round(seq["total_s"] / (run["phases"]["generate_s"] + run["total_s"] - run["eval_s"]), 2),
             "target_speedup": TARGET_SPEEDUP if mode == "batched" else None,
             "meets_target": (seq["total_s"] / run["total_s"] >= TARGET_SPEEDUP) if mode == "batched" else None,
             "same_rewards": same, "note": shared_note,
         })
     print_table(rows, ["mode", "evaluations", ("total_s", "total s"), ("eval_s", "eval s"), ("bo_s", "BO s"),
+                       ("prompt_pass_s", "prompts s"), ("generate_s", "generate s"), ("score_s", "score s"),
                        ("speedup_total", "speedup"), ("speedup_eval", "eval speedup"),
+                       ("speedup_generate", "generate speedup"), ("speedup_bound", "bound"),
                        ("meets_target", f"≥{TARGET_SPEEDUP:g}x"), ("same_rewards", "refcheck")])
     path = save_rows("tuner", rows, device, args.out)
     print(f"saved {path}")

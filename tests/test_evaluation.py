@@ -345,3 +345,52 @@ def test_cli_eval_fails_before_loading_a_model(tmp_path):
         args = _parser().parse_args(["eval", "--prompts", "ifbench", "--limit", "3", "--model", "/nonexistent"])
         with pytest.raises(CheckerUnavailableError, match="IFBench"):
             args.run(args)
+
+
+def test_generate_with_perplexity_gives_the_generation_and_times_its_parts(tiny):
+    from pysteer.evaluation import generate_with_perplexity
+
+    model, tokenizer = tiny
+    texts = [p.prompt for p in builtin_prompts("heldout")[::30]][:3]
+    rows = [0, 1, -1] * len(texts)
+    timings = {}
+    with pysteer.steer(model, tiny_spec(n_configs=2)) as steering:
+        expected = generate_responses(model, tokenizer, texts * 3, steering=steering, rows=rows, max_new_tokens=8)
+        responses, perplexities = generate_with_perplexity(model, tokenizer, texts * 3, steering=steering,
+                                                           rows=rows, max_new_tokens=8, batch_size=5,
+                                                           timings=timings)
+        with pytest.raises(EvaluationError, match="rows has 2 entries"):
+            generate_with_perplexity(model, tokenizer, texts, steering=steering, rows=[0, 1])
+    assert responses == expected
+    assert all(math.isfinite(v) and v > 1 for v in perplexities)
+    # Unsteered rows (−1) score like the unsteered model's own greedy text: a lower perplexity.
+    unsteered = [v for v, r in zip(perplexities, rows) if r == -1]
+    assert max(unsteered) < min(v for v, r in zip(perplexities, rows) if r == 1)
+    assert set(timings) == {"prompt_pass_s", "generate_s", "score_s"} and all(v > 0 for v in timings.values())
+    with pytest.raises(EvaluationError, match="needs an attached steering"):
+        generate_with_perplexity(model, tokenizer, texts, steering=None)
+
+
+def test_generate_with_perplexity_when_layer_0_is_steered():
+    """No layer below the steered one: the responses' states are not reused, and the
+    perplexity still equals an unpadded unsteered pass over prompt + response."""
+    from model_zoo import left_pad, prompts, tiny_model
+    from pysteer.evaluation import generate_ids_with_perplexity
+
+    model = tiny_model("llama")
+    seqs = prompts(lengths=(4, 7))
+    ids, mask = left_pad(seqs)
+    ids, mask = ids.repeat(2, 1), mask.repeat(2, 1)
+    direction = torch.randn(model.config.hidden_size)
+    spec = pysteer.SteeringSpec([pysteer.DenseIntervention(0, direction / direction.norm(), [[4.0], [-4.0]], "add")])
+    with pysteer.steer(model, spec) as steering:
+        steering.set_rows([0, 0, 1, 1])
+        out, values = generate_ids_with_perplexity(steering, ids, mask, max_new_tokens=5, pad_token_id=0,
+                                                   eos_token_ids=set())
+    for row, value in enumerate(values):
+        full = torch.cat([seqs[row % 2], out[row, ids.shape[1]:]]).unsqueeze(0)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=full).logits[0].double(), -1)
+        start = len(seqs[row % 2])
+        nll = -sum(logprobs[start - 1 + t, full[0, start + t]] for t in range(5)) / 5
+        assert value == pytest.approx(math.exp(float(nll)), rel=1e-4)

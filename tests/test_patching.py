@@ -1,6 +1,8 @@
 """Layer swap on every supported family: identity after detach, generate with/without cache,
 left-padded batches, per-row configurations and position masks."""
 
+import math
+
 import pytest
 import torch
 
@@ -139,3 +141,54 @@ def test_repeated_prompts_share_the_prefill_below_the_steered_layer(model, posit
     assert len({tuple(shared.sequences[c * len(seqs)].tolist()) for c in range(q)}) > 1  # rows differ
     assert all(not isinstance(m, type(None)) and type(m).__name__ != "_ReplayLayer"
                for m in decoder_layers(model))                  # the real layers are back
+
+
+def _unsteered_perplexity(model, prompt, new_tokens):
+    """Oracle: exp(mean −log p) of ``new_tokens`` after ``prompt``, one unpadded unsteered pass."""
+    ids = torch.cat([prompt, new_tokens]).unsqueeze(0)
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    nll = -sum(logprobs[len(prompt) - 1 + t, token] for t, token in enumerate(new_tokens.tolist()))
+    return float(torch.exp(nll / len(new_tokens)))
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
+def test_generation_with_perplexity_equals_generation_then_an_unpadded_oracle(model, positions):
+    """q candidates × P prompts: the tokens are an ordinary generation's, and each row's
+    perplexity — scored from the prompt pass and the states the generation fed into the
+    steered layer — equals one unsteered pass over prompt + response; the prompts ran once."""
+    from pysteer.evaluation import generate_ids_with_perplexity
+
+    seqs = prompts(lengths=(5, 8))
+    ids, mask = left_pad(seqs)
+    q = 3
+    ids, mask = ids.repeat(q, 1), mask.repeat(q, 1)
+    rows = [c for c in range(q) for _ in seqs]
+    first_layer_batches = []
+    hook = decoder_layers(model)[0].register_forward_hook(
+        lambda module, args, out: first_layer_batches.append(tuple(args[0].shape[:2])))
+    try:
+        with torch.no_grad(), pysteer.steer(model, tiny_spec(n_configs=q, positions=positions)) as steering:
+            steering.set_rows(rows)
+            out, perplexities = generate_ids_with_perplexity(steering, ids, mask, max_new_tokens=NEW_TOKENS,
+                                                             pad_token_id=0, eos_token_ids={2})
+            assert steering.state.rows.tolist() == rows  # restored after the unsteered passes
+            hook.remove()
+            ordinary = steering.generate(ids, rows=rows, attention_mask=mask, max_new_tokens=NEW_TOKENS,
+                                         do_sample=False, pad_token_id=0, share_prefill=False)
+    finally:
+        hook.remove()
+    assert first_layer_batches[0] == (len(seqs), ids.shape[1])  # each distinct prompt once, unsteered
+    assert (len(ids), ids.shape[1]) not in first_layer_batches[1:]  # the batch's prefill was replayed
+    assert torch.equal(out, ordinary)
+    width, scored = ids.shape[1], 0
+    for row, value in enumerate(perplexities):
+        new = out[row, width:]
+        n = next((t for t, token in enumerate(new.tolist()) if token == 2), len(new))  # cut at EOS
+        if n == 0:
+            assert math.isnan(value)  # an empty response has no perplexity
+            continue
+        scored += 1
+        assert value == pytest.approx(_unsteered_perplexity(model, seqs[row % len(seqs)], new[:n]), rel=1e-4)
+    assert scored >= len(rows) // 2
+    assert len({round(v, 6) for v in perplexities if not math.isnan(v)}) > len(seqs)  # candidates differ

@@ -223,9 +223,10 @@ def test_batched_evaluation_equals_sequential(chat):
     assert len(batched) == len(sequential) == 3
     for b, s in zip(batched, sequential):
         assert b["responses"] == s["responses"]
-        assert b["reward"] == pytest.approx(s["reward"], abs=1e-9)
+        # Perplexity (inside OQ) sums in another order when the batch differs: float noise only.
+        assert b["reward"] == pytest.approx(s["reward"], rel=1e-6)
         for key in ("ifr_loose", "rr", "oq"):
-            assert b[key] == pytest.approx(s[key], abs=1e-9)
+            assert b[key] == pytest.approx(s[key], rel=1e-6)
     # The candidates steer differently, so the equality above is not vacuous.
     assert len({tuple(r["responses"]) for r in batched}) > 1
 

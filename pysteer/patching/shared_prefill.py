@@ -20,10 +20,18 @@ device that repeated prefill is a large share of the generation.
 Positions follow ``generate``'s own rule (cumulative attention mask − 1), so the
 replayed states are what the batch's prefill would compute, up to floating-point
 summation order.
+
+Scoring the responses under the unsteered model (the tuner's perplexity) needs the
+same prompts run unsteered through *every* layer: :func:`run_distinct_prompts` with
+``every_layer`` does that once and both uses share it. And since layers 0..L−1 are
+unsteered, the states a steered generation feeds into layer L for its response tokens
+are the unsteered model's too: :func:`forward_from_layer` runs only layers L.. on them.
 """
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -34,7 +42,8 @@ from ..models import positions_from_mask
 from .families import decoder_layers
 from .steered_layer import find_cache
 
-__all__ = ["shared_prefill_depth", "can_share_prefill", "generate_with_shared_prefill"]
+__all__ = ["shared_prefill_depth", "can_share_prefill", "DistinctPrompts", "run_distinct_prompts",
+           "generate_with_shared_prefill", "forward_from_layer"]
 
 # generate() options under which the first forward call is not the plain prefill of
 # the given rows (beams and returned sequences repeat rows; a given cache is not ours).
@@ -48,7 +57,9 @@ class _StopForward(Exception):
 
 class _ReplayLayer(nn.Module):
     """Answers the batch's prefill with precomputed results, then puts ``layer`` back in
-    ``layers`` (decoders iterate over a copy or by key, so the swap is safe mid-forward)."""
+    ``layers`` (decoders iterate over a copy or by key, so the swap is safe mid-forward).
+    ``output`` (the layer's recorded output) and ``keys``/``values`` hold one row per
+    distinct prompt; ``rows`` [B] gathers them to the batch."""
 
     def __init__(self, layers: nn.ModuleList, index: int, output: Any, keys: Optional[torch.Tensor],
                  values: Optional[torch.Tensor], rows: torch.Tensor, seq_len: int) -> None:
@@ -67,9 +78,12 @@ class _ReplayLayer(nn.Module):
         if cache is not None and self._keys is not None:
             cache.update(self._keys.index_select(0, self._rows), self._values.index_select(0, self._rows),
                          self.index)
-        hidden = self._output[0] if isinstance(self._output, tuple) else self._output
-        hidden = hidden.index_select(0, self._rows)
+        hidden = _hidden_of(self._output).index_select(0, self._rows)
         return (hidden,) + tuple(self._output[1:]) if isinstance(self._output, tuple) else hidden
+
+
+def _hidden_of(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
 
 
 def shared_prefill_depth(steering: Any) -> int:
@@ -105,51 +119,133 @@ def can_share_prefill(input_ids: torch.Tensor, attention_mask: Optional[torch.Te
         int(generate_kwargs.get("num_return_sequences") or 1) == 1
 
 
+@dataclass
+class DistinctPrompts:
+    """The unsteered pass over a batch's distinct prompts (left-padded to the batch width).
+
+    ``owner`` [B] maps each batch row to its distinct prompt; ``outputs`` holds the
+    outputs of layers 0..depth−1 (what :class:`_ReplayLayer` hands the batch's prefill);
+    ``cache`` the keys/values of the layers that ran. With ``every_layer`` the pass ran
+    the whole model and ``next_logprobs`` [U, V] is the log-distribution of each prompt's
+    next token — all the unsteered model's prompt work that perplexity scoring needs.
+    """
+
+    owner: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    depth: int
+    outputs: dict[int, Any]
+    cache: DynamicCache
+    next_logprobs: Optional[torch.Tensor] = None
+
+    def cache_for(self, prompt_index: torch.Tensor) -> DynamicCache:
+        """A copy of the prompts' cache with one row per entry of ``prompt_index``."""
+        cache = copy.deepcopy(self.cache)
+        cache.reorder_cache(prompt_index)
+        return cache
+
+
 @torch.no_grad()
-def generate_with_shared_prefill(steering: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                                 **generate_kwargs: Any) -> Optional[torch.Tensor]:
-    """``model.generate`` on the batch with the shared prompt layers computed once per
-    distinct prompt; None when nothing can be shared (every row distinct, or steering at
-    layer 0) — the caller then generates normally."""
+def run_distinct_prompts(steering: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                         every_layer: bool = False) -> DistinctPrompts:
+    """Run each distinct prompt of the batch once, unsteered: through the shared layers
+    (:func:`shared_prefill_depth`), or with ``every_layer`` through the whole model."""
     model = steering.model
     depth = shared_prefill_depth(steering)
     firsts, owner = _distinct_rows(input_ids, attention_mask)
-    if depth == 0 or firsts.numel() == input_ids.shape[0]:
-        return None
-    layers = decoder_layers(model)
     ids, mask = input_ids.index_select(0, firsts), attention_mask.index_select(0, firsts)
-    positions = positions_from_mask(mask)
     outputs: dict[int, Any] = {}
 
     def keep(index: int):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             outputs[index] = output
-            if index == depth - 1:
+            if index == depth - 1 and not every_layer:
                 raise _StopForward
         return hook
 
+    layers = decoder_layers(model)
     cache = DynamicCache(config=model.config)
     handles = [layers[i].register_forward_hook(keep(i)) for i in range(depth)]
-    saved_rows = steering.state.rows
+    saved = (steering.state.rows, steering.state.prompt_length)
+    next_logprobs = None
     try:
-        steering.set_rows(None)  # the distinct prompts' pass; no steered layer is reached before depth
+        steering.set_rows([-1] * ids.shape[0])  # every row unsteered
         steering.set_prompt_length(int(input_ids.shape[1]))
-        model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-              use_cache=True)
+        result = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+        next_logprobs = torch.log_softmax(result.logits[:, -1].float(), dim=-1)
     except _StopForward:
         pass
     finally:
         for handle in handles:
             handle.remove()
-        steering.state.rows = saved_rows
-    originals = {i: layers[i] for i in range(depth)}
+        steering.state.rows, steering.state.prompt_length = saved
+    return DistinctPrompts(owner=owner, mask=mask, lengths=mask.sum(1), depth=depth, outputs=outputs,
+                           cache=cache, next_logprobs=next_logprobs)
+
+
+@torch.no_grad()
+def generate_with_shared_prefill(steering: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                 prompts: Optional[DistinctPrompts] = None,
+                                 **generate_kwargs: Any) -> Optional[torch.Tensor]:
+    """``model.generate`` on the batch with the shared prompt layers computed once per
+    distinct prompt (from ``prompts`` when given, else by a pass stopped after the last
+    shared layer); None when there is nothing to gain — every row distinct and no
+    ``prompts`` given, or steering at layer 0 — and the caller then generates normally."""
+    model = steering.model
+    if prompts is None:
+        if shared_prefill_depth(steering) == 0 or _distinct_rows(input_ids, attention_mask)[0].numel() == \
+                input_ids.shape[0]:
+            return None
+        prompts = run_distinct_prompts(steering, input_ids, attention_mask)
+    if prompts.depth == 0:
+        return None
+    layers = decoder_layers(model)
+    replays = {i: _ReplayLayer(layers, i, prompts.outputs[i], *_cached(prompts.cache, i), prompts.owner,
+                               int(input_ids.shape[1]))
+               for i in range(prompts.depth)}
+    originals = {i: layers[i] for i in replays}
     try:
-        for i in range(depth):
-            kv = cache.layers[i] if i < len(cache.layers) else None
-            keys = getattr(kv, "keys", None) if kv is not None else None
-            values = getattr(kv, "values", None) if kv is not None else None
-            layers[i] = _ReplayLayer(layers, i, outputs[i], keys, values, owner, int(input_ids.shape[1]))
+        for i, replay in replays.items():
+            layers[i] = replay
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+    finally:
+        for i, original in originals.items():
+            layers[i] = original
+
+
+def _cached(cache: DynamicCache, index: int) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(keys, values) of layer ``index`` in ``cache``, or (None, None) if it holds none."""
+    kv = cache.layers[index] if index < len(cache.layers) else None
+    return getattr(kv, "keys", None), getattr(kv, "values", None)
+
+
+class _FixedOutputLayer(nn.Module):
+    """Returns ``hidden`` in the structure of ``like`` (a recorded output of the same layer)."""
+
+    def __init__(self, hidden: torch.Tensor, like: Any) -> None:
+        super().__init__()
+        self._hidden, self._like = hidden, like
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if tuple(hidden_states.shape[:2]) != tuple(self._hidden.shape[:2]):
+            raise RuntimeError(f"forward_from_layer: the pass has shape {tuple(hidden_states.shape[:2])}, "
+                               f"the given states {tuple(self._hidden.shape[:2])}")
+        return (self._hidden,) + tuple(self._like[1:]) if isinstance(self._like, tuple) else self._hidden
+
+
+@torch.no_grad()
+def forward_from_layer(model: nn.Module, start: int, hidden: torch.Tensor, output_like: dict[int, Any],
+                       **forward_kwargs: Any) -> Any:
+    """``model(**forward_kwargs)`` with ``hidden`` [B, T, d] as the output of layer start−1:
+    layers 0..start−1 are skipped (each stands in with ``hidden``, shaped like its recorded
+    output in ``output_like``), so only layers start.. run. Their caches are left as given."""
+    layers = decoder_layers(model)
+    originals = {i: layers[i] for i in range(start)}
+    try:
+        for i in range(start):
+            layers[i] = _FixedOutputLayer(hidden, output_like[i])
+        return model(**forward_kwargs)
     finally:
         for i, original in originals.items():
             layers[i] = original

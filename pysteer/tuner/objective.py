@@ -6,7 +6,8 @@ For q candidates x_1..x_q [q, d] and a minibatch of P prompts:
     responses = greedy generation of the q·P rows (prompt p, candidate i)
     reward_i = w_ifr·IFR_loose_i + w_rr·RR_i + w_oq·OQ_i         (pysteer.evaluation.reward)
 
-with OQ's perplexity measured under the *unsteered* model.
+with OQ's perplexity — of the generated tokens, under the *unsteered* model — computed
+alongside the generation (:func:`pysteer.evaluation.generate_with_perplexity`).
 
 :class:`BatchedObjective` attaches ``spec_q`` once and runs ONE generation whose
 batch carries all q·P rows, row (i, p) steered by configuration i — the per-row
@@ -54,6 +55,9 @@ class _SteeringObjective:
         self.minibatch = len(self.prompts) if minibatch is None else min(int(minibatch), len(self.prompts))
         self.seed, self.instruction_in_prompt, self.keep_responses = int(seed), instruction_in_prompt, keep_responses
         self.round = 0
+        # Seconds spent so far in each part of the evaluations (prompt_pass_s, generate_s,
+        # score_s; see generate_with_perplexity): where tuning time goes.
+        self.phase_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------------ minibatches
     def set_round(self, round_index: int) -> None:
@@ -118,21 +122,19 @@ class BatchedObjective(_SteeringObjective):
     @torch.no_grad()
     def evaluate(self, candidates: torch.Tensor) -> list[dict[str, Any]]:
         """``candidates`` [q, d] → q result dicts (reward, IFR, RR, OQ, ..., responses)."""
-        from ..evaluation import generate_responses, response_perplexity
+        from ..evaluation import generate_with_perplexity
 
         X = self._candidates(candidates)
         prompts = self.current_prompts()
         q, P = X.shape[0], len(prompts)
         spec = self.space.spec_for(X)  # q configuration rows
         with steer(self.model, spec) as steering:
-            rows = [i for i in range(q) for _ in range(P)]  # row (i, p) → configuration i
-            responses = generate_responses(self.model, self.tokenizer, self._texts(prompts) * q,
-                                           steering=steering, rows=rows, chat=self.chat,
-                                           max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
-            # Perplexity (under the unsteered model) of all q × P responses in one pass too.
-            perplexities = response_perplexity(self.model, self.tokenizer, self._texts(prompts) * q,
-                                               responses, steering=steering,
-                                               batch_size=self.batch_size or q * P)
+            # One generation for all q × P rows, row (i, p) steered by configuration i; the
+            # perplexities (under the unsteered model) come with it, sharing its prompt work.
+            responses, perplexities = generate_with_perplexity(
+                self.model, self.tokenizer, self._texts(prompts) * q, steering=steering,
+                rows=[i for i in range(q) for _ in range(P)], chat=self.chat,
+                max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, timings=self.phase_seconds)
             return [self._score(prompts, responses[i * P:(i + 1) * P], steering,
                                 perplexities[i * P:(i + 1) * P]) for i in range(q)]
 
@@ -142,18 +144,18 @@ class SequentialObjective(_SteeringObjective):
 
     @torch.no_grad()
     def evaluate(self, candidates: torch.Tensor) -> list[dict[str, Any]]:
-        from ..evaluation import generate_responses
+        from ..evaluation import generate_with_perplexity
 
         X = self._candidates(candidates)
         prompts = self.current_prompts()
         results = []
         for i in range(X.shape[0]):
             with steer(self.model, self.space.spec_for(X[i:i + 1])) as steering:
-                responses = generate_responses(self.model, self.tokenizer, self._texts(prompts),
-                                               steering=steering, rows=0, chat=self.chat,
-                                               max_new_tokens=self.max_new_tokens,
-                                               batch_size=self.batch_size)
-                results.append(self._score(prompts, responses, steering))
+                responses, perplexities = generate_with_perplexity(
+                    self.model, self.tokenizer, self._texts(prompts), steering=steering, rows=0,
+                    chat=self.chat, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                    timings=self.phase_seconds)
+                results.append(self._score(prompts, responses, steering, perplexities))
         return results
 
 
