@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from typing import Optional, Sequence
+import threading
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -101,12 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM (a job scheduler's or ``kill``'s stop) into ``SystemExit(143)`` while the
+    block runs, so cleanup runs as on Ctrl-C: staged outputs are removed, nothing half-written
+    is left next to the user's files. Outside the main thread signals cannot be caught:
+    the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from pysteer.errors import PysteerError
 
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with sigterm_as_exit():
+            return args.run(args)
     except (PysteerError, FileNotFoundError, FileExistsError, IndexError) as exc:
         print(f"pysteer: error: {exc}", file=sys.stderr)
         return 2

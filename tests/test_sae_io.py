@@ -103,3 +103,32 @@ def test_missing_directory_and_files(tmp_path):
     (tmp_path / "cfg.json").write_text("{}")
     with pytest.raises(SAEFormatError, match="neither sae_weights.safetensors"):
         load_sae(tmp_path)
+
+
+def test_a_terminated_command_leaves_no_staging_directory(tmp_path):
+    """SIGTERM (a scheduler's stop) while an output is being staged: the hidden staging
+    directory is removed and the exit status says terminated, as after Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys, time
+        from pysteer.cli import sigterm_as_exit
+        from pysteer.fileio import staged_directory
+        with sigterm_as_exit(), staged_directory(sys.argv[1]) as staging:
+            (staging / "half-written.json").write_text("{")
+            print("staged", flush=True)
+            time.sleep(60)
+    """)
+    out = tmp_path / "results"
+    child = subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "staged"
+        assert len(list(tmp_path.iterdir())) == 1  # the hidden staging directory exists
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        child.kill()
+    assert list(tmp_path.iterdir()) == []  # nothing left behind, no half-written result
