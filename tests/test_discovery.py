@@ -451,3 +451,12 @@ def test_smollm2_end_to_end_each_method(smollm2, tmp_path):
     assert plain != steered
     doc = json.loads((tmp_path / "concise" / "discovery.json").read_text())
     assert len(doc["features"]) == 30 and doc["keyword"] == "Lowercase"
+
+
+def test_builtin_discovery_queries_share_no_request_with_held_out_prompts():
+    """Discovery must not see a held-out prompt's content before it is evaluated on it."""
+    from pysteer.discovery.prompts import BASE_QUERIES
+    from pysteer.evaluation import builtin_prompts
+
+    held_out = {p.base_prompt for p in builtin_prompts("heldout")}
+    assert held_out and not held_out & set(BASE_QUERIES)

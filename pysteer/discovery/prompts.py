@@ -13,7 +13,7 @@ BASE_QUERIES = [
     "Describe the sea.", "Write a short story about a lost key.", "Explain how rain forms.",
     "Give advice to a new student.", "Describe your favourite season.", "Explain what a computer does.",
     "Write a note to a neighbour about a party.", "Describe a busy market.",
-    "Explain why people keep pets.", "Write a product description for a water bottle.",
+    "Describe a quiet harbour.", "Write a product description for a water bottle.",
     "Describe a walk in the forest.", "Explain how to make tea.", "Tell me about the moon.",
     "Write a short poem about trains.", "Describe a city at night.", "Explain what friendship means.",
     "Give tips for saving money.", "Describe the taste of an orange.", "Write a letter to a friend.",
