@@ -205,8 +205,10 @@ def _generated_perplexity(steering, distinct, new: torch.Tensor, lengths: list[i
         if n:
             first_of.setdefault((int(owner[row]), tuple(new[row, :n].tolist())), row)
     scored = list(first_of.values())
-    for row in scored:  # log p(r_0 | prompt) from the prompt pass
-        token_lp[row] = [float(distinct.next_logprobs[owner[row], new[row, 0]])]
+    if scored:  # log p(r_0 | prompt) from the prompt pass, gathered at once (one device sync)
+        index = torch.tensor(scored, device=new.device)
+        first = distinct.next_logprobs[owner.index_select(0, index), new.index_select(0, index)[:, 0]]
+        token_lp = {row: [value] for row, value in zip(scored, first.double().cpu().tolist())}
     later = [row for row in scored if lengths[row] > 1]
     step = len(later) if score_batch_size is None else max(int(score_batch_size), 1)
     saved = (steering.state.rows, steering.state.prompt_length)
