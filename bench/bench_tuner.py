@@ -11,7 +11,9 @@ configuration rows); ``sequential`` attaches one spec and generates per candidat
 rest (GP fit + acquisition), the evaluation's parts — the unsteered prompt pass, the
 steered generation (prefill above the shared layers + decoding) and the perplexity
 scoring — the speedups of each, and a bound: the speedup there would be if the prompt
-pass and the scoring took no time (sequential total / (generation + BO)).
+pass and the scoring took no time (sequential total / (generation + BO)) — and the
+decode step alone: one candidate's rows vs q candidates' rows (q × its time / the batched
+step's), the most batching the generation can give.
 
 Before timing, the two modes must produce the same rewards round by round (greedy
 decoding; the candidates of round 1 then match too): the refcheck.
@@ -56,6 +58,36 @@ def one_per_type(n: int) -> list:
             seen.add(kind)
             out.append(p)
     return out[:n]
+
+
+@torch.no_grad()
+def decode_step_ms(model, tokenizer, space, texts: list, q: int, steps: int = 12) -> float:
+    """Median wall-clock of one steered decode step for q candidates × the prompts (the
+    part batching is for): prefill once, then ``steps`` single-token steps with the cache."""
+    from pysteer.models import encode_prompts, positions_from_mask
+
+    gen = torch.Generator().manual_seed(1)
+    X = space.unnormalize(torch.rand(q, space.d, dtype=torch.float64, generator=gen))
+    device = next(model.parameters()).device
+    batch = encode_prompts(tokenizer, texts * q, device=device)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    times = []
+    with pysteer.steer(model, space.spec_for(X)) as steering:
+        steering.set_rows([i for i in range(q) for _ in texts])
+        steering.set_prompt_length(int(ids.shape[1]))
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=True,
+                    logits_to_keep=1)
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        for _ in range(steps):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            out = model(input_ids=token, attention_mask=mask, position_ids=positions_from_mask(mask)[:, -1:],
+                        past_key_values=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)  # a host sync per step, as in generate
+            times.append(time.perf_counter() - start)
+    return 1e3 * sorted(times)[len(times) // 2]
 
 
 def main(argv=None) -> int:
@@ -113,6 +145,11 @@ def main(argv=None) -> int:
                       "phases": {k: objective.phase_seconds.get(k, 0.0) for k in PHASES}}
         print(f"{mode}: total {total:.1f} s, evaluation {eval_s:.1f} s, best reward {result.best.reward:.4f}")
 
+    # One decode step for one candidate's rows against q candidates' rows: the most batching
+    # can give, since the steered prefill above the shared layers is per-candidate work.
+    texts = [p.text(True) for p in prompts]
+    runs["sequential"]["decode_step_ms"] = decode_step_ms(model, tokenizer, space, texts, 1)
+    runs["batched"]["decode_step_ms"] = decode_step_ms(model, tokenizer, space, texts, args.q)
     seq, bat = runs["sequential"], runs["batched"]
     same = len(seq["rewards"]) == len(bat["rewards"]) and all(
         math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) for a, b in zip(seq["rewards"], bat["rewards"]))
@@ -133,6 +170,10 @@ def main(argv=None) -> int:
             **{phase: round(run["phases"][phase], 2) for phase in PHASES},
             **{f"speedup_{phase[:-2]}": round(seq["phases"][phase] / max(run["phases"][phase], 1e-9), 2)
                for phase in PHASES},
+            "decode_step_ms": round(run["decode_step_ms"], 1),
+            # q candidates' decode steps one by one vs one batched step.
+            "speedup_decode": round(args.q * seq["decode_step_ms"] / run["decode_step_ms"], 2)
+            if mode == "batched" else 1.0,
             # The speedup if this mode's prompt pass and scoring took no time at all: what its
             # generation (and the BO step, the same work in both modes) alone allows.
             "speedup_bound": round(seq["total_s"] / (run["phases"]["generate_s"] + run["total_s"] - run["eval_s"]), 2),
@@ -143,7 +184,8 @@ def main(argv=None) -> int:
     print_table(rows, ["mode", "evaluations", ("total_s", "total s"), ("eval_s", "eval s"), ("bo_s", "BO s"),
                        ("prompt_pass_s", "prompts s"), ("generate_s", "generate s"), ("score_s", "score s"),
                        ("speedup_total", "speedup"), ("speedup_eval", "eval speedup"),
-                       ("speedup_generate", "generate speedup"), ("speedup_bound", "bound"),
+                       ("speedup_generate", "generate speedup"), ("speedup_decode", "decode step"),
+                       ("speedup_bound", "bound"),
                        ("meets_target", f"≥{TARGET_SPEEDUP:g}x"), ("same_rewards", "refcheck")])
     path = save_rows("tuner", rows, device, args.out)
     print(f"saved {path}")
