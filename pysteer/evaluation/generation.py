@@ -199,11 +199,12 @@ def _generated_perplexity(steering, distinct, new: torch.Tensor, lengths: list[i
 
     model = steering.model
     owner = distinct.owner
+    owner_of, tokens_of = owner.tolist(), new.tolist()  # on the host once, not per row
     token_lp: dict[int, list[float]] = {}
     first_of: dict[tuple, int] = {}
     for row, n in enumerate(lengths):
         if n:
-            first_of.setdefault((int(owner[row]), tuple(new[row, :n].tolist())), row)
+            first_of.setdefault((owner_of[row], tuple(tokens_of[row][:n])), row)
     scored = list(first_of.values())
     if scored:  # log p(r_0 | prompt) from the prompt pass, gathered at once (one device sync)
         index = torch.tensor(scored, device=new.device)
@@ -244,6 +245,6 @@ def _generated_perplexity(steering, distinct, new: torch.Tensor, lengths: list[i
         if not n:
             out.append(float("nan"))
             continue
-        values = token_lp[first_of[(int(owner[row]), tuple(new[row, :n].tolist()))]]
+        values = token_lp[first_of[(owner_of[row], tuple(tokens_of[row][:n]))]]
         out.append(math.exp(-sum(values) / len(values)))
     return out
