@@ -7,18 +7,19 @@ minibatch of builtin prompts (one per instruction type), q = 8 candidates per ro
 with perplexity under the unsteered model — and so make the same number of
 evaluations. ``batched`` puts all q × P rows in one generation (one spec with q
 configuration rows); ``sequential`` attaches one spec and generates per candidate
-(the papers' loop). Reported: the whole tuning wall-clock, the evaluation part and the
+(the papers' loop). Each mode tunes ``--repeats`` times, alternating with the other,
+and the medians are reported: the whole tuning wall-clock, the evaluation part and the
 rest (GP fit + acquisition), the evaluation's parts — the unsteered prompt pass, the
 steered generation (prefill above the shared layers + decoding) and the perplexity
-scoring — the speedups of each, and a bound: the speedup there would be if the prompt
-pass and the scoring took no time (sequential total / (generation + BO)) — and the
-decode step alone: one candidate's rows vs q candidates' rows (q × its time / the batched
-step's), the most batching the generation can give.
+scoring — with the speedup of each; a bound, the speedup there would be if the prompt
+pass and the scoring took no time (sequential total / (generation + BO)); and the
+decode step alone, one candidate's rows against q candidates' rows (q × its time / the
+batched step's), the most batching the generation can give.
 
-Before timing, the two modes must produce the same rewards round by round (greedy
-decoding; the candidates of round 1 then match too): the refcheck.
+The refcheck: both modes give the same rewards round by round, in every run (greedy
+decoding; the candidates of round 1 then match too).
 
-    python bench/bench_tuner.py                 # ~5 min on 2 CPU cores
+    python bench/bench_tuner.py                 # 3 runs per mode: ~6 min on 2 CPU cores
     python bench/bench_tuner.py --prompts 4 --rounds 2 --q 8
 
 Writes bench/results/tuner-<device>.json.
@@ -47,6 +48,12 @@ from pysteer.tuner import AcquisitionOptions, make_objective, search_space, tune
 TARGET_SPEEDUP = 4.0
 PHASES = ("prompt_pass_s", "generate_s", "score_s")  # the evaluation's parts (generate_with_perplexity)
 LAYER, D_SAE, N_FEATURES = 15, 2048, 30
+
+
+def _median(values: list) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def one_per_type(n: int) -> list:
@@ -97,11 +104,14 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="tuning runs per mode; medians are reported (default 3)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--shared-cpu", action="store_true",
                     help="other jobs share the CPU: say so in the printout and the JSON rows")
     ap.add_argument("--out", default=None, help="directory for the JSON rows (default bench/results)")
     args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
@@ -129,21 +139,31 @@ def main(argv=None) -> int:
     warm.evaluate(space.vector().unsqueeze(0).repeat(2, 1))
 
     options = AcquisitionOptions()
+    samples: dict[str, list[dict]] = {"sequential": [], "batched": []}
+    for repeat in range(args.repeats):  # the modes alternate, so a slow spell hits both
+        for mode in samples:
+            objective = make_objective(mode, model, tokenizer, space, prompts,
+                                       max_new_tokens=args.max_new_tokens, seed=0)
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                result = tune(objective, space, Path(tmp) / "run", rounds=args.rounds, q=args.q, seed=0,
+                              initial=space.vector().unsqueeze(0), options=options, progress=False)
+                total = time.perf_counter() - start
+            records = result.history.records
+            eval_s = sum({r.round: r.seconds for r in records}.values())
+            samples[mode].append({"total_s": total, "eval_s": eval_s, "rewards": [r.reward for r in records],
+                                  "best": result.best.reward, "n_evaluations": len(records),
+                                  "phases": {k: objective.phase_seconds.get(k, 0.0) for k in PHASES}})
+            print(f"{mode} run {repeat + 1}/{args.repeats}: total {total:.1f} s, evaluation {eval_s:.1f} s, "
+                  f"best reward {result.best.reward:.4f}")
+    # Medians over the repeats; the rewards must be the same in every run of either mode.
     runs = {}
-    for mode in ("sequential", "batched"):
-        objective = make_objective(mode, model, tokenizer, space, prompts,
-                                   max_new_tokens=args.max_new_tokens, seed=0)
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            result = tune(objective, space, Path(tmp) / "run", rounds=args.rounds, q=args.q, seed=0,
-                          initial=space.vector().unsqueeze(0), options=options, progress=True)
-            total = time.perf_counter() - start
-        records = result.history.records
-        eval_s = sum({r.round: r.seconds for r in records}.values())
-        runs[mode] = {"total_s": total, "eval_s": eval_s, "rewards": [r.reward for r in records],
-                      "best": result.best.reward, "n_evaluations": len(records),
-                      "phases": {k: objective.phase_seconds.get(k, 0.0) for k in PHASES}}
-        print(f"{mode}: total {total:.1f} s, evaluation {eval_s:.1f} s, best reward {result.best.reward:.4f}")
+    for mode, done in samples.items():
+        runs[mode] = dict(done[0], total_s=_median([d["total_s"] for d in done]),
+                          eval_s=_median([d["eval_s"] for d in done]),
+                          phases={k: _median([d["phases"][k] for d in done]) for k in PHASES},
+                          totals=[round(d["total_s"], 2) for d in done],
+                          repeatable=all(d["rewards"] == done[0]["rewards"] for d in done))
 
     # One decode step for one candidate's rows against q candidates' rows: the most batching
     # can give, since the steered prefill above the shared layers is per-candidate work.
@@ -151,7 +171,7 @@ def main(argv=None) -> int:
     runs["sequential"]["decode_step_ms"] = decode_step_ms(model, tokenizer, space, texts, 1)
     runs["batched"]["decode_step_ms"] = decode_step_ms(model, tokenizer, space, texts, args.q)
     seq, bat = runs["sequential"], runs["batched"]
-    same = len(seq["rewards"]) == len(bat["rewards"]) and all(
+    same = seq["repeatable"] and bat["repeatable"] and len(seq["rewards"]) == len(bat["rewards"]) and all(
         math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) for a, b in zip(seq["rewards"], bat["rewards"]))
     if not same:
         print("REFCHECK FAILED: batched and sequential rewards differ:\n"
@@ -163,7 +183,8 @@ def main(argv=None) -> int:
             "sae": f"random jumprelu {d_model}x{D_SAE}", "layer": LAYER, "n_features": N_FEATURES,
             "q": args.q, "rounds": args.rounds, "prompts": len(prompts),
             "max_new_tokens": args.max_new_tokens, "evaluations": run["n_evaluations"],
-            "total_s": round(run["total_s"], 2), "eval_s": round(run["eval_s"], 2),
+            "repeats": args.repeats, "total_s": round(run["total_s"], 2), "totals_s": run["totals"],
+            "eval_s": round(run["eval_s"], 2),
             "bo_s": round(run["total_s"] - run["eval_s"], 2), "best_reward": run["best"],
             "speedup_total": round(seq["total_s"] / run["total_s"], 2),
             "speedup_eval": round(seq["eval_s"] / run["eval_s"], 2),
