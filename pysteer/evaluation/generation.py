@@ -101,7 +101,7 @@ def generate_ids_with_perplexity(steering, input_ids: torch.Tensor, attention_ma
     """:func:`generate_with_perplexity` on one left-padded batch of token ids, steered with
     the rows already set on ``steering``: (greedy output ids [B, W + n], perplexity per row
     of its new tokens before the first of ``eos_token_ids``)."""
-    from ..patching import decoder_layers
+    from ..patching.families import decoder_layers, layer_hidden
     from ..patching.shared_prefill import generate_with_shared_prefill, run_distinct_prompts
 
     model = steering.model
@@ -115,7 +115,7 @@ def generate_ids_with_perplexity(steering, input_ids: torch.Tensor, attention_ma
     hook = None
     if first_steered > 0:
         def keep(module, args, output):
-            fed.append((output[0] if isinstance(output, tuple) else output).detach())
+            fed.append(layer_hidden(output).detach())
         hook = decoder_layers(model)[first_steered - 1].register_forward_hook(keep)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id)
     try:
@@ -196,6 +196,7 @@ def _generated_perplexity(steering, distinct, new: torch.Tensor, lengths: list[i
     the prompts' unsteered pass and, when layers below the steered ones exist, the states
     the generation fed into layer ``first_steered`` (:func:`generate_with_perplexity`)."""
     from ..patching.shared_prefill import forward_from_layer
+    from .metrics import token_logprobs
 
     model = steering.model
     owner = distinct.owner
@@ -234,8 +235,7 @@ def _generated_perplexity(steering, distinct, new: torch.Tensor, lengths: list[i
             else:
                 logits = model(**kwargs).logits
             targets = new.index_select(0, chunk)[:, 1:width + 1]
-            lp = (logits.float().gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                  - torch.logsumexp(logits.float(), dim=-1)).double().cpu()
+            lp = token_logprobs(logits, targets).double().cpu()
             for i, row in enumerate(chunk.tolist()):
                 token_lp[row].extend(lp[i, :lengths[row] - 1].tolist())
     finally:

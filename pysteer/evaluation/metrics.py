@@ -88,6 +88,12 @@ def degeneration(response: str, *, n: int = 3, max_repetition: float = 0.5, max_
             "is_degenerate": repetition > max_repetition or longest >= max_run or broken > max_broken}
 
 
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each position [..., T] from logits [..., T, V], in float32."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def _prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
     """Token ids of the prompt exactly as :func:`pysteer.models.encode_prompts` builds them."""
     if chat and getattr(tokenizer, "chat_template", None):
@@ -158,8 +164,7 @@ def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Seq
             logits = model(input_ids=ids, attention_mask=torch.cat([prompt_mask[owner], mask], 1),
                            position_ids=positions, past_key_values=cache, use_cache=True).logits
             # log p(r_t) for t ≥ 1 from the response positions, t = 0 from the prompt's last one.
-            later = (logits[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).float()
-                     - torch.logsumexp(logits[:, :-1].float(), dim=-1))
+            later = token_logprobs(logits[:, :-1], ids[:, 1:])
             first = first_logprobs[owner].gather(-1, ids[:, :1]).squeeze(-1)
             token_lp = torch.cat([first.unsqueeze(1), later], 1).double().cpu()
             for row, i in enumerate(chunk):

@@ -12,11 +12,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .families import decoder_layers
+from .families import decoder_layers, layer_hidden
 
 
-class _StopForward(Exception):
-    """Raised by the deepest capture hook: the layers above it are not needed."""
+class StopForward(Exception):
+    """Raised by a forward hook on the deepest layer a pass needs: the rest is skipped."""
 
 
 @torch.no_grad()
@@ -32,15 +32,15 @@ def residuals_after(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
 
     def make(index: int):
         def hook(module, args, output):
-            store[index] = output[0] if isinstance(output, tuple) else output
+            store[index] = layer_hidden(output)
             if index == wanted[-1]:
-                raise _StopForward
+                raise StopForward
         return hook
 
     handles = [blocks[index].register_forward_hook(make(index)) for index in wanted]
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    except _StopForward:
+    except StopForward:
         pass
     finally:
         for handle in handles:

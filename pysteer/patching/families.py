@@ -63,3 +63,8 @@ def model_facts(model: nn.Module) -> dict[str, Any]:
     return {"model_type": _model_type(model), "hidden_size": int(hidden),
             "num_hidden_layers": len(decoder_layers(model)),
             "name": getattr(config, "name_or_path", "") or ""}
+
+
+def layer_hidden(output: Any) -> Any:
+    """The residual stream in a decoder layer's output (a tensor, or a tuple led by one)."""
+    return output[0] if isinstance(output, tuple) else output

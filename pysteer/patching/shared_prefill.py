@@ -39,7 +39,8 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from ..models import positions_from_mask
-from .families import decoder_layers
+from .capture import StopForward
+from .families import decoder_layers, layer_hidden
 from .steered_layer import find_cache
 
 __all__ = ["shared_prefill_depth", "can_share_prefill", "DistinctPrompts", "run_distinct_prompts",
@@ -49,10 +50,6 @@ __all__ = ["shared_prefill_depth", "can_share_prefill", "DistinctPrompts", "run_
 # the given rows (beams and returned sequences repeat rows; a given cache is not ours).
 _UNSUPPORTED = ("past_key_values", "cache_implementation", "inputs_embeds", "assistant_model",
                 "prompt_lookup_num_tokens")
-
-
-class _StopForward(Exception):
-    """Raised after the last shared layer: the rest of the forward pass is not needed."""
 
 
 class _ReplayLayer(nn.Module):
@@ -78,12 +75,8 @@ class _ReplayLayer(nn.Module):
         if cache is not None and self._keys is not None:
             cache.update(self._keys.index_select(0, self._rows), self._values.index_select(0, self._rows),
                          self.index)
-        hidden = _hidden_of(self._output).index_select(0, self._rows)
+        hidden = layer_hidden(self._output).index_select(0, self._rows)
         return (hidden,) + tuple(self._output[1:]) if isinstance(self._output, tuple) else hidden
-
-
-def _hidden_of(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
 
 
 def shared_prefill_depth(steering: Any) -> int:
@@ -160,7 +153,7 @@ def run_distinct_prompts(steering: Any, input_ids: torch.Tensor, attention_mask:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             outputs[index] = output
             if index == depth - 1 and not every_layer:
-                raise _StopForward
+                raise StopForward
         return hook
 
     layers = decoder_layers(model)
@@ -174,7 +167,7 @@ def run_distinct_prompts(steering: Any, input_ids: torch.Tensor, attention_mask:
         result = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
                        past_key_values=cache, use_cache=True, logits_to_keep=1)
         next_logprobs = torch.log_softmax(result.logits[:, -1].float(), dim=-1)
-    except _StopForward:
+    except StopForward:
         pass
     finally:
         for handle in handles:

@@ -17,6 +17,7 @@ from transformers.cache_utils import Cache
 from .. import ops
 from ..errors import SteeringSpecError
 from ..spec import DenseIntervention, SparseIntervention
+from .families import layer_hidden
 
 
 class SteeringState:
@@ -163,7 +164,7 @@ class SteeredLayer(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         start = self._cache_start(args, kwargs)  # read before the layer appends to its cache
         out = self.layer(*args, **kwargs)
-        hidden = out[0] if isinstance(out, tuple) else out
+        hidden = layer_hidden(out)
         steered = hidden
         if hidden.requires_grad or not hidden.is_contiguous():
             # The op edits in place and is inference-only: work on a detached contiguous copy
