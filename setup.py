@@ -135,7 +135,7 @@ setup(
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
-        "transformers>=4.46",
+        "transformers>=5.24",
         "safetensors",
         "tqdm",
         "numpy",

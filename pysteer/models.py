@@ -143,6 +143,12 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each position [..., T] from logits [..., T, V], in float32."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def encode_prompts(tokenizer, prompts: Sequence[str], chat: bool = True,
                    device: "str | torch.device" = "cpu") -> dict[str, torch.Tensor]:
     """Left-padded ``input_ids`` and ``attention_mask`` for a list of user prompts.

@@ -295,7 +295,7 @@ def test_generate_and_score_with_steering(tiny):
         steered = generate_responses(model, tokenizer, texts, steering=steering, rows=[0, 1, 0, 1],
                                      max_new_tokens=10, batch_size=3)
         report = score_responses(prompts, steered, model=model, tokenizer=tokenizer, steering=steering)
-        assert steering.state.rows.tolist() == [1] and steering.state.prompt_length is not None  # restored
+        assert steering.state.rows.tolist() == [1] and steering.state.prompt_lengths is not None  # restored
     assert unsteered == plain and steered != plain
     detached = score_responses(prompts, steered, model=model, tokenizer=tokenizer)
     assert [s.perplexity for s in report.scores] == [s.perplexity for s in detached.scores]

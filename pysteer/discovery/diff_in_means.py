@@ -177,15 +177,14 @@ class EvaluationScorer:
         from .. import evaluation  # imported lazily: discovery works without it
         from ..patching import steer
         texts = [p.text(not self.use_base_prompt) for p in prompts]
-        kwargs = dict(max_new_tokens=self.max_new_tokens, chat=self.chat,
-                      batch_size=self.batch_size * n_configs)
+        kwargs = dict(max_new_tokens=self.max_new_tokens, chat=self.chat, batch_size=self.batch_size)
         if spec is None:
             responses = evaluation.generate_responses(model, tokenizer, texts, **kwargs)
         else:
             with steer(model, spec) as steering:
-                rows = [c for c in range(n_configs) for _ in texts]
-                responses = evaluation.generate_responses(model, tokenizer, texts * n_configs,
-                                                          steering=steering, rows=rows, **kwargs)
+                by_config, _ = evaluation.generate_for_configs(model, tokenizer, texts, steering=steering,
+                                                               configs=range(n_configs), **kwargs)
+            responses = [r for config in by_config for r in config]
         perplexities = [None] * len(responses)
         if self.perplexity:  # nothing is attached any more: this is the unsteered model
             perplexities = evaluation.response_perplexity(model, tokenizer, texts * n_configs, responses,

@@ -13,7 +13,8 @@
 
 from .checkers import INSTRUCTIONS, check_instruction, is_known, loose_variants
 from .errors import CheckerUnavailableError, EvaluationError, PromptFileError
-from .generation import generate_ids_with_perplexity, generate_responses, generate_with_perplexity
+from .generation import (generate_for_configs, generate_ids_with_perplexity, generate_responses,
+                         generate_with_perplexity)
 from .metrics import (DEFAULT_PPL_REF, DEFAULT_WEIGHTS, EvalReport, ResponseScore, degeneration,
                       is_refusal_or_empty, response_perplexity, reward, score_responses)
 from .prompts import EvalPrompt, builtin_instruction_ids, builtin_prompts, ifbench_prompts, load_prompts_jsonl
@@ -21,7 +22,7 @@ from .text import detect_language, stopword_language
 
 __all__ = ["INSTRUCTIONS", "check_instruction", "is_known", "loose_variants", "EvaluationError",
            "PromptFileError", "CheckerUnavailableError", "generate_responses", "generate_with_perplexity",
-           "generate_ids_with_perplexity", "EvalReport",
+           "generate_ids_with_perplexity", "generate_for_configs", "EvalReport",
            "ResponseScore", "degeneration", "is_refusal_or_empty", "response_perplexity", "reward",
            "score_responses", "DEFAULT_PPL_REF", "DEFAULT_WEIGHTS", "EvalPrompt", "builtin_prompts",
            "builtin_instruction_ids", "ifbench_prompts", "load_prompts_jsonl", "detect_language",

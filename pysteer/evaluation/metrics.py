@@ -19,6 +19,7 @@ The tuner's reward is ``w_ifr·IFR_loose + w_rr·RR + w_oq·OQ`` (:func:`reward`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import unicodedata
@@ -28,7 +29,9 @@ from typing import Optional, Sequence
 import torch
 
 from .checkers import check_instruction
-from ..models import positions_from_mask
+from ..patching.families import decoder_layers
+from ..patching.shared_prefill import run_distinct_prompts
+from ..models import token_logprobs
 from .errors import EvaluationError
 from .prompts import EvalPrompt
 from .text import words
@@ -88,12 +91,6 @@ def degeneration(response: str, *, n: int = 3, max_repetition: float = 0.5, max_
             "is_degenerate": repetition > max_repetition or longest >= max_run or broken > max_broken}
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) at each position [..., T] from logits [..., T, V], in float32."""
-    logits = logits.float()
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
 def _prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
     """Token ids of the prompt exactly as :func:`pysteer.models.encode_prompts` builds them."""
     if chat and getattr(tokenizer, "chat_template", None):
@@ -119,8 +116,8 @@ def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Seq
     prefill is most of the work. Only the response positions are projected onto the
     vocabulary.
 
-    Scored under the *unsteered* model: if ``steering`` (a :class:`pysteer.Steering`)
-    is attached, its rows are set to −1 while scoring and restored afterwards.
+    Scored under the *unsteered* model: pass the attached ``steering`` (a
+    :class:`pysteer.Steering`), if any, and scoring runs under ``steering.unsteered()``.
     """
     if len(prompts) != len(responses):
         raise EvaluationError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -140,17 +137,15 @@ def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Seq
     for i, r in enumerate(responses):
         first_of.setdefault((prompts[i], r), i)
     scored = sorted((i for i in first_of.values() if response_ids[i]), key=lambda i: (prompts[i], i))
-    saved = None
-    if steering is not None:
-        saved = (steering.state.rows, steering.state.prompt_length)
-    try:
+    layers = decoder_layers(model)
+    with steering.unsteered() if steering is not None else contextlib.nullcontext():
         for start in range(0, len(scored), batch_size):
             chunk = scored[start:start + batch_size]
             distinct = list(dict.fromkeys(prompts[i] for i in chunk))
-            first_logprobs, cache, prompt_mask, prompt_len = _prefill_prompts(
-                model, [prompt_ids[p] for p in distinct], pad, device, steering)
+            ids, prompt_mask = _left_pad([prompt_ids[p] for p in distinct], pad, device)
+            pass_ = run_distinct_prompts(model, ids, prompt_mask, depth=len(layers), every_layer=True)
             owner = torch.tensor([distinct.index(prompts[i]) for i in chunk], device=device)
-            cache.reorder_cache(owner)  # one copy of its prompt's cache per response
+            cache = pass_.cache_for(owner, copy_cache=False)  # one copy of its prompt's cache per response
             width = max(len(response_ids[i]) for i in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros(len(chunk), width, dtype=torch.long)
@@ -158,41 +153,27 @@ def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Seq
                 ids[row, :len(response_ids[i])] = torch.tensor(response_ids[i])
                 mask[row, :len(response_ids[i])] = 1
             ids, mask = ids.to(device), mask.to(device)
-            positions = prompt_len[owner].unsqueeze(1) + torch.arange(width, device=device)
-            if steering is not None:
-                steering.set_rows([-1] * len(chunk))
-            logits = model(input_ids=ids, attention_mask=torch.cat([prompt_mask[owner], mask], 1),
-                           position_ids=positions, past_key_values=cache, use_cache=True).logits
+            positions = pass_.lengths[owner].unsqueeze(1) + torch.arange(width, device=device)
+            logits = model(input_ids=ids, attention_mask=torch.cat([pass_.mask[owner], mask], 1),
+                           position_ids=positions, cache=cache, use_cache=True).logits
             # log p(r_t) for t ≥ 1 from the response positions, t = 0 from the prompt's last one.
             later = token_logprobs(logits[:, :-1], ids[:, 1:])
-            first = first_logprobs[owner].gather(-1, ids[:, :1]).squeeze(-1)
+            first = pass_.next_logprobs[owner].gather(-1, ids[:, :1]).squeeze(-1)
             token_lp = torch.cat([first.unsqueeze(1), later], 1).double().cpu()
             for row, i in enumerate(chunk):
                 out[i] = math.exp(-token_lp[row, :len(response_ids[i])].mean().item())
-    finally:
-        if steering is not None:
-            steering.state.rows, steering.state.prompt_length = saved
     return [out[first_of[(p, r)]] for p, r in zip(prompts, responses)]
 
 
-def _prefill_prompts(model, prompt_ids: list[list[int]], pad: int, device, steering):
-    """Run the distinct prompts once, left-padded: (log-probs of the next token [U, V],
-    the KV cache, the prompts' attention mask [U, W], their lengths [U])."""
+def _left_pad(prompt_ids: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [U, W], attention mask [U, W]) of the prompts, left-padded to the longest."""
     width = max(len(p) for p in prompt_ids)
     ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
     mask = torch.zeros(len(prompt_ids), width, dtype=torch.long)
     for row, p in enumerate(prompt_ids):
         ids[row, width - len(p):] = torch.tensor(p)
         mask[row, width - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = positions_from_mask(mask)  # left padding must not shift the positions
-    if steering is not None:
-        steering.set_rows([-1] * len(prompt_ids))  # every row unsteered
-        steering.set_prompt_length(0)              # positions="prompt"/"generated" need a length
-    result = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                   logits_to_keep=1)
-    return (torch.log_softmax(result.logits[:, -1].float(), dim=-1), result.past_key_values, mask,
-            mask.sum(1))
+    return ids.to(device), mask.to(device)
 
 
 @dataclass

@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 
 from ..discovery import concise, evaluation_scorer, layer_search, saif
 from ..discovery.prompts import BASE_QUERIES, sample
-from ..evaluation import builtin_prompts, generate_responses, response_perplexity, score_responses
+from ..evaluation import (builtin_prompts, generate_for_configs, generate_responses, response_perplexity,
+                          score_responses)
 from ..fileio import staged_directory
 from ..ops.modes import DenseEdit, FeatureEdit
 from ..patching import model_facts, steer
@@ -282,20 +283,6 @@ def _first_row(spec: SteeringSpec) -> SteeringSpec:
     return spec.with_coefficients([iv.coefficients[:1] for iv in spec.interventions])
 
 
-def _generate_stacked(model, tokenizer, steering, texts: list[str], n_configs: int, budget: Budget) -> list[list[str]]:
-    """Responses of every configuration [config][prompt]: each batch of ``budget.batch_size``
-    prompts goes once per configuration into ONE generation (row (m, p) → configuration m)."""
-    out: list[list[str]] = [[] for _ in range(n_configs)]
-    for start in range(0, len(texts), budget.batch_size):
-        chunk = texts[start:start + budget.batch_size]
-        rows = [m for m in range(n_configs) for _ in chunk]
-        responses = generate_responses(model, tokenizer, chunk * n_configs, steering=steering, rows=rows,
-                                       max_new_tokens=budget.eval_max_new_tokens, batch_size=None)
-        for m in range(n_configs):
-            out[m] += responses[m * len(chunk):(m + 1) * len(chunk)]
-    return out
-
-
 def _cell(report, prompts, texts: list[str], responses: list[str], n_examples: int) -> dict[str, Any]:
     return {"ifr_loose": report.ifr_loose, "ifr_strict": report.ifr_strict, "rr": report.rr, "oq": report.oq,
             "degenerate_rate": report.degenerate_rate, "mean_perplexity": report.mean_perplexity,
@@ -333,9 +320,11 @@ def evaluate(model, tokenizer, specs_by_method: Mapping[str, SteeringSpec], ityp
             bar.update(1)
             for spec, names in stacks:
                 with steer(model, spec) as steering:
-                    for name, out in zip(names, _generate_stacked(model, tokenizer, steering, texts,
-                                                                  len(names), budget)):
-                        responses[name] = out
+                    # Each batch of prompts goes once per configuration into ONE generation.
+                    by_config, _ = generate_for_configs(model, tokenizer, texts, steering=steering,
+                                                        configs=range(len(names)), batch_size=budget.batch_size,
+                                                        max_new_tokens=budget.eval_max_new_tokens)
+                    responses.update(zip(names, by_config))
                 bar.update(1)
             # Every cell's perplexity in one pass under the unsteered model (nothing is attached
             # now); responses to the same prompt share its prefill.

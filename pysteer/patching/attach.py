@@ -13,15 +13,19 @@ bit-identical to before attaching.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .. import ops
 from ..errors import SteeringSpecError
 from ..spec import SteeringSpec
 from .families import decoder_layers, model_facts
+from .scored_generation import generate_and_score
 from .shared_prefill import can_share_prefill, generate_with_shared_prefill
 from .steered_layer import SteeredLayer, SteeringState, compile_intervention
 
@@ -45,30 +49,51 @@ def check_spec_fits(spec: SteeringSpec, model: nn.Module) -> dict[str, Any]:
     return facts
 
 
+@dataclass
+class ConfigOutputs:
+    """What :meth:`Steering.generate_configs` returns: ``tokens`` [n_configs, prompts, W + new]
+    (prompt and new tokens, per configuration) and, when scored, ``perplexities``
+    [n_configs][prompts] (of the new tokens under the unsteered model; NaN for none)."""
+
+    tokens: torch.Tensor
+    perplexities: Optional[list[list[float]]] = None
+
+
 class Steering:
-    """A spec attached to a model. Use as a context manager or call :meth:`detach`."""
+    """A spec attached to a model: the one owner of steered execution.
+
+    It sets which configuration each batch row uses (:meth:`set_rows`) and where the prompt
+    ends (:meth:`set_prompt_length`), rewrites the coefficient tables in place
+    (:meth:`set_coefficients`), switches steering off for unsteered passes
+    (:meth:`unsteered`), and runs steered generations — one batch for many configurations
+    on one prefill of the distinct prompts (:meth:`generate_configs`). Use as a context
+    manager or call :meth:`detach`.
+    """
 
     def __init__(self, model: nn.Module, spec: SteeringSpec,
                  rows: "Sequence[int] | torch.Tensor | None" = None,
                  prompt_length: Optional[int] = None) -> None:
         check_spec_fits(spec, model)
+        self.device = next(model.parameters()).device
+        ops.check_backend(self.device)  # a backend that cannot run fails here, before any layer runs
         self.model, self.spec = model, spec
         self.state = SteeringState(spec.n_configs, spec.positions)
         layers = decoder_layers(model)
-        by_layer: dict[int, list] = defaultdict(list)
-        for iv in spec.interventions:
-            by_layer[iv.layer].append(iv)
-        for index in by_layer:
+        for index in spec.layers:
             if isinstance(layers[index], SteeredLayer):
                 raise SteeringSpecError(f"layer {index} is already steered; detach that steering first")
+        by_layer: dict[int, list] = defaultdict(list)
+        self._compiled: list[nn.Module] = []  # one per spec intervention, in the spec's order
+        param = next(model.parameters())
+        for iv in spec.interventions:
+            compiled = compile_intervention(iv, param.device, param.dtype)
+            self._compiled.append(compiled)
+            by_layer[iv.layer].append(compiled)
         self._originals: dict[int, nn.Module] = {}
-        for index, ivs in sorted(by_layer.items()):
-            original = layers[index]
-            param = next(original.parameters())
-            compiled = [compile_intervention(iv, param.device, param.dtype) for iv in ivs]
-            self._originals[index] = original
-            layers[index] = SteeredLayer(original, index, compiled, self.state)
-        self.device = next(model.parameters()).device
+        for index, compiled in sorted(by_layer.items()):
+            self._originals[index] = layers[index]
+            layers[index] = SteeredLayer(layers[index], index, compiled, self.state)
+        self.state.first_layer, self.state.last_layer = min(by_layer), max(by_layer)
         self.set_rows(rows)
         self.set_prompt_length(prompt_length)
 
@@ -80,29 +105,98 @@ class Steering:
         """Configuration index per batch row (-1 = unsteered); ``None``: configuration 0 for all."""
         self.state.set_rows(rows, self.device)
 
-    def set_prompt_length(self, prompt_length: Optional[int]) -> None:
-        """Padded prompt length: positions below it are 'prompt', the rest 'generated'."""
-        self.state.set_prompt_length(prompt_length)
+    def set_prompt_length(self, prompt_length: "int | Sequence[int] | torch.Tensor | None",
+                          width: Optional[int] = None) -> None:
+        """Where each row's prompt ends: tokens at position ids below it are 'prompt', the rest
+        'generated'. One int for every row (an unpadded batch), or one per row — the rows'
+        real prompt lengths in a left-padded batch, whose padded ``width`` may be given too
+        (:meth:`generate` sets both from the attention mask)."""
+        self.state.set_prompt_length(prompt_length, self.device, width)
+
+    def set_coefficients(self, tables: "Sequence[torch.Tensor] | torch.Tensor") -> None:
+        """New coefficient tables (one per intervention, as :meth:`SteeringSpec.with_coefficients`;
+        a single tensor for a one-intervention spec), written into the attached buffers: no
+        weight is copied or validated again, and a table with the same number of rows keeps
+        the very same buffer (so compiled code and captured CUDA graphs stay valid)."""
+        if isinstance(tables, torch.Tensor):
+            tables = [tables]
+        spec = self.spec.with_coefficients(list(tables))  # validates shapes and finiteness
+        for compiled, iv in zip(self._compiled, spec.interventions):
+            compiled.set_coefficients(iv.coefficients)
+        self.spec = spec
+        self.state.n_configs = spec.n_configs
+        if self.state.host_rows is not None:
+            self.set_rows(self.state.host_rows)  # rows naming a configuration that is gone fail here
+
+    @contextlib.contextmanager
+    def unsteered(self) -> Iterator["Steering"]:
+        """Within it the steered layers are the plain layers: nothing is planned or launched."""
+        previous, self.state.enabled = self.state.enabled, False
+        try:
+            yield self
+        finally:
+            self.state.enabled = previous
 
     def generate(self, input_ids: torch.Tensor, rows: "Sequence[int] | torch.Tensor | None" = None,
                  share_prefill: bool = True, **generate_kwargs: Any) -> torch.Tensor:
-        """``model.generate`` with the prompt length (and optionally the rows) set from the inputs.
+        """``model.generate`` with the prompt lengths (and optionally the rows) set from the inputs.
 
         When the batch repeats prompts (e.g. one copy per tuner candidate, each with its
         own row) and ``share_prefill``, the layers below the first steered one process
         each distinct prompt once (:mod:`.shared_prefill`); the output is the same.
         """
-        if not self.attached:
-            raise SteeringSpecError("this steering was detached")
+        self._check_attached()
         if rows is not None:
             self.set_rows(rows)
-        self.set_prompt_length(int(input_ids.shape[1]))
-        if share_prefill and can_share_prefill(input_ids, generate_kwargs.get("attention_mask"), generate_kwargs):
+        mask = generate_kwargs.get("attention_mask")
+        width = int(input_ids.shape[1])
+        self.set_prompt_length(width if mask is None else mask.sum(1), width=width)
+        if share_prefill and can_share_prefill(input_ids, mask, generate_kwargs):
             kwargs = dict(generate_kwargs)
             out = generate_with_shared_prefill(self, input_ids, kwargs.pop("attention_mask"), **kwargs)
             if out is not None:
                 return out
         return self.model.generate(input_ids=input_ids, **generate_kwargs)
+
+    @torch.no_grad()
+    def generate_configs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         configs: Sequence[int], *, max_new_tokens: int, pad_token_id: int,
+                         score: bool = False, eos_token_ids: "Optional[set[int]]" = None,
+                         score_batch_size: Optional[int] = None, timings: Optional[dict] = None,
+                         **generate_kwargs: Any) -> ConfigOutputs:
+        """Greedy responses of every configuration in ``configs`` (−1: unsteered) to every
+        prompt of the left-padded batch ``input_ids`` [P, W], in ONE generation of
+        len(configs)·P rows (row (i, p) steered by configs[i]) on one prefill of the distinct
+        prompts below the first steered layer.
+
+        With ``score``, each response's perplexity under the unsteered model comes too
+        (:mod:`.scored_generation`), sharing the prompt pass; ``eos_token_ids`` end the
+        scored responses (default: the model's generation config), and ``timings`` (a dict)
+        accumulates the seconds of each part.
+        """
+        self._check_attached()
+        configs = [int(c) for c in configs]
+        if not configs:
+            raise SteeringSpecError("generate_configs needs at least one configuration")
+        n, prompts = len(configs), int(input_ids.shape[0])
+        ids, mask = input_ids.repeat(n, 1), attention_mask.repeat(n, 1)
+        self.set_rows([c for c in configs for _ in range(prompts)])
+        kwargs = dict(generate_kwargs, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
+        if not score:
+            out = self.generate(ids, attention_mask=mask, do_sample=False, **kwargs)
+            return ConfigOutputs(out.view(n, prompts, -1))
+        if eos_token_ids is None:
+            eos_token_ids = generation_eos_ids(self.model)
+        out, perplexities = generate_and_score(self, ids, mask, max_new_tokens=max_new_tokens,
+                                               pad_token_id=pad_token_id, eos_token_ids=eos_token_ids,
+                                               score_batch_size=score_batch_size, timings=timings,
+                                               generate_kwargs=generate_kwargs)
+        return ConfigOutputs(out.view(n, prompts, -1),
+                             [perplexities[i * prompts:(i + 1) * prompts] for i in range(n)])
+
+    def _check_attached(self) -> None:
+        if not self.attached:
+            raise SteeringSpecError("this steering was detached")
 
     def detach(self) -> None:
         """Put the original decoder layers back (idempotent)."""
@@ -122,6 +216,16 @@ class Steering:
 
     def __exit__(self, *exc: Any) -> None:
         self.detach()
+
+
+def generation_eos_ids(model: nn.Module, tokenizer: Any = None) -> "set[int]":
+    """The token ids that end a response: the model's generation config's, else the tokenizer's."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if configured is None and tokenizer is not None:
+        configured = tokenizer.eos_token_id
+    if configured is None:
+        return set()
+    return {int(configured)} if isinstance(configured, int) else {int(i) for i in configured}
 
 
 def attach(model: nn.Module, spec: SteeringSpec, rows: "Sequence[int] | torch.Tensor | None" = None,

@@ -30,6 +30,7 @@ are the unsteered model's too: :func:`forward_from_layer` runs only layers L.. o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -131,20 +132,22 @@ class DistinctPrompts:
     cache: DynamicCache
     next_logprobs: Optional[torch.Tensor] = None
 
-    def cache_for(self, prompt_index: torch.Tensor) -> DynamicCache:
-        """A copy of the prompts' cache with one row per entry of ``prompt_index``."""
-        cache = copy.deepcopy(self.cache)
+    def cache_for(self, prompt_index: torch.Tensor, copy_cache: bool = True) -> DynamicCache:
+        """The prompts' cache with one row per entry of ``prompt_index``: a copy, or with
+        ``copy_cache=False`` this very cache, reordered (when it is used once)."""
+        cache = copy.deepcopy(self.cache) if copy_cache else self.cache
         cache.reorder_cache(prompt_index)
         return cache
 
 
 @torch.no_grad()
-def run_distinct_prompts(steering: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                         every_layer: bool = False) -> DistinctPrompts:
-    """Run each distinct prompt of the batch once, unsteered: through the shared layers
-    (:func:`shared_prefill_depth`), or with ``every_layer`` through the whole model."""
-    model = steering.model
-    depth = shared_prefill_depth(steering)
+def run_distinct_prompts(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                         depth: int, every_layer: bool = False, steering: Any = None) -> DistinctPrompts:
+    """Run each distinct prompt of the batch once, unsteered (under ``steering.unsteered()``
+    when one is attached), keeping the outputs of layers 0..depth−1: the pass stops there,
+    or with ``every_layer`` runs the whole model, which also gives each prompt's next-token
+    log-distribution."""
+    layers = decoder_layers(model)
     firsts, owner = _distinct_rows(input_ids, attention_mask)
     ids, mask = input_ids.index_select(0, firsts), attention_mask.index_select(0, firsts)
     outputs: dict[int, Any] = {}
@@ -156,23 +159,19 @@ def run_distinct_prompts(steering: Any, input_ids: torch.Tensor, attention_mask:
                 raise StopForward
         return hook
 
-    layers = decoder_layers(model)
     cache = DynamicCache(config=model.config)
     handles = [layers[i].register_forward_hook(keep(i)) for i in range(depth)]
-    saved = (steering.state.rows, steering.state.prompt_length)
     next_logprobs = None
     try:
-        steering.set_rows([-1] * ids.shape[0])  # every row unsteered
-        steering.set_prompt_length(int(input_ids.shape[1]))
-        result = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
-                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+        with steering.unsteered() if steering is not None else contextlib.nullcontext():
+            result = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                           cache=cache, use_cache=True, logits_to_keep=1)
         next_logprobs = torch.log_softmax(result.logits[:, -1].float(), dim=-1)
     except StopForward:
         pass
     finally:
         for handle in handles:
             handle.remove()
-        steering.state.rows, steering.state.prompt_length = saved
     return DistinctPrompts(owner=owner, mask=mask, lengths=mask.sum(1), depth=depth, outputs=outputs,
                            cache=cache, next_logprobs=next_logprobs)
 
@@ -190,7 +189,8 @@ def generate_with_shared_prefill(steering: Any, input_ids: torch.Tensor, attenti
         if shared_prefill_depth(steering) == 0 or _distinct_rows(input_ids, attention_mask)[0].numel() == \
                 input_ids.shape[0]:
             return None
-        prompts = run_distinct_prompts(steering, input_ids, attention_mask)
+        prompts = run_distinct_prompts(model, input_ids, attention_mask, depth=shared_prefill_depth(steering),
+                                       steering=steering)
     if prompts.depth == 0:
         return None
     layers = decoder_layers(model)

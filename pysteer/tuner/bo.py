@@ -223,6 +223,8 @@ def tune(evaluate: Objective, box: Box, out_dir: Union[str, Path], *, rounds: in
         _check_compatible(history, box, int(seed), int(q), n_init, out / HISTORY_FILE)
     history.settings["rounds"] = rounds
 
+    if callable(getattr(evaluate, "open", None)):
+        evaluate.open()  # e.g. a BatchedObjective: one attached steering for the whole run
     bar = tqdm(total=rounds, initial=min(history.rounds_done, rounds), desc="tune", unit="round",
                disable=not progress, dynamic_ncols=True)
     try:
@@ -249,6 +251,8 @@ def tune(evaluate: Objective, box: Box, out_dir: Union[str, Path], *, rounds: in
         raise
     finally:
         bar.close()
+        if callable(getattr(evaluate, "close", None)):
+            evaluate.close()
     if not history.records:
         raise TunerError("no candidate was evaluated")
     _write_outputs(history, box, out, plot=True)  # also refreshes a resumed, already finished run

@@ -9,9 +9,10 @@ For q candidates x_1..x_q [q, d] and a minibatch of P prompts:
 with OQ's perplexity — of the generated tokens, under the *unsteered* model — computed
 alongside the generation (:func:`pysteer.evaluation.generate_with_perplexity`).
 
-:class:`BatchedObjective` attaches ``spec_q`` once and runs ONE generation whose
-batch carries all q·P rows, row (i, p) steered by configuration i — the per-row
-coefficient tables of the fused op make that free. :class:`SequentialObjective` is
+:class:`BatchedObjective` attaches the template once per run, writes each round's q
+candidates into its coefficient tables, and runs ONE generation whose batch carries all
+q·P rows, row (i, p) steered by configuration i — the per-row coefficient tables of the
+fused op make that free. :class:`SequentialObjective` is
 the papers' loop: one spec, one attach and one generation per candidate. With greedy
 decoding both give the same responses and rewards; the batched one is faster.
 """
@@ -117,26 +118,68 @@ class _SteeringObjective:
 
 
 class BatchedObjective(_SteeringObjective):
-    """All q candidates × P prompts in one attached spec and one batched generation."""
+    """All q candidates × P prompts in one generation.
+
+    Between :meth:`open` and :meth:`close` (``tune`` opens it for the whole run; ``with
+    objective:`` does too) the steering is attached once: the first evaluation attaches the
+    template with its candidates as configuration rows, later ones write their candidates
+    into the same coefficient buffers (:meth:`pysteer.Steering.set_coefficients`), so no
+    weight is copied again. Outside, each evaluation attaches and detaches, leaving the
+    model as it found it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._steering = None
+        self._open = False
 
     @torch.no_grad()
     def evaluate(self, candidates: torch.Tensor) -> list[dict[str, Any]]:
         """``candidates`` [q, d] → q result dicts (reward, IFR, RR, OQ, ..., responses)."""
-        from ..evaluation import generate_with_perplexity
+        from ..evaluation import generate_for_configs
 
         X = self._candidates(candidates)
         prompts = self.current_prompts()
-        q, P = X.shape[0], len(prompts)
-        spec = self.space.spec_for(X)  # q configuration rows
-        with steer(self.model, spec) as steering:
+        steering = self._steering_for(X)
+        try:
             # One generation for all q × P rows, row (i, p) steered by configuration i; the
             # perplexities (under the unsteered model) come with it, sharing its prompt work.
-            responses, perplexities = generate_with_perplexity(
-                self.model, self.tokenizer, self._texts(prompts) * q, steering=steering,
-                rows=[i for i in range(q) for _ in range(P)], chat=self.chat,
-                max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, timings=self.phase_seconds)
-            return [self._score(prompts, responses[i * P:(i + 1) * P], steering,
-                                perplexities[i * P:(i + 1) * P]) for i in range(q)]
+            responses, perplexities = generate_for_configs(
+                self.model, self.tokenizer, self._texts(prompts), steering=steering, configs=range(X.shape[0]),
+                score=True, chat=self.chat, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                timings=self.phase_seconds)
+            return [self._score(prompts, responses[i], steering, perplexities[i]) for i in range(X.shape[0])]
+        finally:
+            if not self._open:
+                self._detach()
+
+    def _steering_for(self, X: torch.Tensor):
+        tables = self.space.tables(X)
+        if self._steering is None or not self._steering.attached:
+            self._steering = steer(self.model, self.space.template.with_coefficients(tables))
+        else:
+            self._steering.set_coefficients(tables)
+        return self._steering
+
+    def _detach(self) -> None:
+        if self._steering is not None:
+            self._steering.detach()
+            self._steering = None
+
+    def open(self) -> "BatchedObjective":
+        """Keep the steering attached across evaluations until :meth:`close`."""
+        self._open = True
+        return self
+
+    def close(self) -> None:
+        """Detach the steering the evaluations shared (idempotent)."""
+        self._open = False
+        self._detach()
+
+    def __enter__(self) -> "BatchedObjective":
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class SequentialObjective(_SteeringObjective):
