@@ -9,12 +9,13 @@ from .errors import (BackendUnavailableError, PysteerError, SAEFormatError, Stee
                      UnsupportedModelError)
 from .ops import FeatureEdit, DenseEdit, available_backends, set_backend, use_backend
 from .patching import Steering, attach, steer
-from .sae import SAE, load_sae
-from .spec import DenseIntervention, SparseIntervention, SteeringSpec
+from .sae import SAE, Architecture, architecture_named, load_sae
+from .spec import DenseIntervention, SparseIntervention, SteeringSpec, stack_specs
 
 __version__ = "0.1.0"
 
-__all__ = ["SAE", "load_sae", "SteeringSpec", "SparseIntervention", "DenseIntervention",
+__all__ = ["SAE", "load_sae", "Architecture", "architecture_named", "SteeringSpec",
+           "SparseIntervention", "DenseIntervention", "stack_specs",
            "FeatureEdit", "DenseEdit", "attach", "steer", "Steering", "available_backends",
            "set_backend", "use_backend", "PysteerError", "SAEFormatError", "SteeringSpecError",
            "BackendUnavailableError", "UnsupportedModelError", "__version__"]

@@ -3,6 +3,8 @@
 - A JSON file that cannot be read is an error naming the file, in the caller's error class.
 - Nothing the user saved is half-overwritten: files are written to a temporary name in
   the same directory and renamed into place; directories are staged the same way.
+- Nothing the user saved is deleted: overwriting a directory replaces only the names its
+  writer owns, and a directory holding anything else is refused, naming what it holds.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator, Optional
 
 
 def read_json_object(path: "str | os.PathLike", error: type[Exception]) -> dict:
@@ -52,16 +54,47 @@ def write_json_atomic(path: "str | os.PathLike", doc: Any, **dump_kwargs: Any) -
     write_text_atomic(path, json.dumps(doc, **{"indent": 1, **dump_kwargs}))
 
 
-@contextlib.contextmanager
-def staged_directory(path: "str | os.PathLike", overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty staging directory that replaces ``path`` only if the block succeeds.
+def check_replaceable(path: "str | os.PathLike", overwrite: bool,
+                      owns: Optional[Collection[str]] = None) -> None:
+    """Raise FileExistsError unless a writer owning the names ``owns`` may write ``path``.
 
-    An existing non-empty ``path`` is refused unless ``overwrite``; on any error the
-    staging directory is removed and ``path`` is left as it was.
+    ``path`` may be written when it is absent or an empty directory; with ``overwrite``
+    also when it is a directory holding only owned names (entries directly under it).
+    ``owns=None`` leaves the names to the caller (see :func:`staged_directory`). Call it
+    before long work so that a refusal comes first.
     """
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if not overwrite:
         raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True to replace it")
+    if not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a directory this writer made; remove it "
+                              f"yourself or choose another path")
+    if owns is None:
+        return
+    foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in owns)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise FileExistsError(f"{path} also holds {shown}, which this save does not write; "
+                              f"overwrite=True replaces only {', '.join(sorted(owns))}, so move "
+                              f"the other files away or choose another directory")
+
+
+@contextlib.contextmanager
+def staged_directory(path: "str | os.PathLike", overwrite: bool = False,
+                     owns: Optional[Collection[str]] = None) -> Iterator[Path]:
+    """Yield an empty staging directory that replaces ``path`` only if the block succeeds.
+
+    ``owns``: the names (entries directly under ``path``) the writer makes, and so may
+    replace. An existing non-empty ``path`` is refused unless ``overwrite``, and even
+    then if it holds any other name (:func:`check_replaceable`) — before the block runs,
+    and again before anything is replaced, in case files appeared meanwhile. Without
+    ``owns`` the names the block wrote are the owned ones, checked only when it ends.
+    On any error the staging directory is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    check_replaceable(path, overwrite, owns)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -69,12 +102,35 @@ def staged_directory(path: "str | os.PathLike", overwrite: bool = False) -> Iter
         # directory the user creates gets.
         staging.chmod(0o777 & ~_umask())
         yield staging
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        staging.rename(path)
+        written = {entry.name for entry in staging.iterdir()}
+        if owns is not None and not written <= set(owns):
+            raise RuntimeError(f"writing {path}: wrote {sorted(written - set(owns))}, which it does "
+                               f"not own ({sorted(owns)}); a later overwrite would refuse them")
+        check_replaceable(path, overwrite, written if owns is None else owns)
+        _swap_in(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Rename ``staging`` to ``path``; an existing ``path`` (checked replaceable) is moved
+    aside first and put back if the rename fails, then deleted."""
+    if not path.exists():
+        staging.rename(path)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.replaced.", dir=path.parent))
+    old = aside / path.name
+    try:
+        path.rename(old)
+        staging.rename(path)
+    except BaseException:
+        if old.exists() and not path.exists():
+            old.rename(path)
+        with contextlib.suppress(OSError):
+            aside.rmdir()  # only once empty: it may still hold the user's directory
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def save_tensors(path: "str | os.PathLike", tensors: dict) -> None:

@@ -11,27 +11,32 @@ weights at load time (old sae-lens ``scaling_factor``, TopK
 ever see ``pre = W_enc·(h − offset) + b_enc``, an activation, and decoder rows.
 Per-token normalisations (``layer_norm``, ``constant_norm_rescale``) cannot be
 folded and are refused with a clear error rather than steered inexactly.
+
+What differs between architectures (ReLU "standard", "jumprelu", "topk") is asked of an
+:class:`Architecture` strategy (``sae.arch``), never tested as a name string.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch import Tensor
 
 from .errors import SAEFormatError
 from .fileio import read_json_object, save_tensors, staged_directory
 
-ARCHITECTURES = ("standard", "jumprelu", "topk")
 SAE_LENS_CFG = "cfg.json"
 SAE_LENS_WEIGHTS = "sae_weights.safetensors"
+SAE_FILES = (SAE_LENS_CFG, SAE_LENS_WEIGHTS)  # what SAE.save writes, and so may overwrite
 SPARSIFY_WEIGHTS = "sae.safetensors"
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -49,6 +54,202 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+# -------------------------------------------------------------------- architectures
+class Architecture:
+    """What one SAE architecture does differently; callers ask it instead of testing names.
+
+    ``name`` is the sae-lens ``architecture`` string. ``needs_full_encode``: a feature's
+    activation depends on all d_sae pre-activations (TopK's competition), so editing or
+    measuring any feature needs the full encode; otherwise f_i depends on pre_i alone
+    and the features can be computed in independent blocks.
+    """
+
+    name: str = ""
+    needs_full_encode: bool = False
+
+    def __repr__(self) -> str:
+        return f"<SAE architecture {self.name!r}>"
+
+    def check(self, sae: "SAE", where: str) -> None:
+        """Raise :class:`SAEFormatError` if ``sae`` lacks what this architecture needs."""
+
+    def activate(self, pre: Tensor, sae: "SAE") -> Tensor:
+        """Activations f [..., F] from pre-activations ``pre`` [..., F] (a new tensor)."""
+        raise NotImplementedError
+
+    def feature_blocks(self, sae: "SAE", x: Tensor, feature_chunk: int) -> Iterator[tuple[int, int, Tensor]]:
+        """(f0, f1, acts [t, f1 − f0] fp32) for the inputs ``x`` [t, D]: every feature, in blocks
+        of about ``feature_chunk``, without forming the [t, d_sae] pre-activations at once."""
+        raise NotImplementedError
+
+    def block_tokens(self, sae: "SAE", token_chunk: int, feature_chunk: int) -> int:
+        """Tokens per :meth:`feature_blocks` call that keep its working set near
+        ``token_chunk × feature_chunk`` values."""
+        return token_chunk
+
+    def feature_thresholds(self, sae: "SAE", index: Tensor) -> Tensor:
+        """θ [S] fp32 of the features ``index``: the sparse kernel computes relu(pre)·(pre > θ)."""
+        return torch.zeros(index.numel())
+
+    def read_sae_lens(self, cfg: dict, state: dict[str, Tensor], w_dec: Tensor,
+                      cfg_where: str, weights_where: str) -> tuple[dict[str, Any], Tensor]:
+        """(the :class:`SAE` fields this architecture reads from a sae-lens config and
+        state, the decoder to use)."""
+        return {}, w_dec
+
+    def sae_lens_cfg(self, sae: "SAE") -> dict[str, Any]:
+        """The ``cfg.json`` keys this architecture adds when saving."""
+        return {}
+
+    def random_fields(self, d_sae: int, generator: torch.Generator, k: Optional[int]) -> dict[str, Any]:
+        """The extra :class:`SAE` fields of a random SAE (see :func:`random_sae`)."""
+        return {}
+
+
+class _FeatureLocal(Architecture):
+    """f_i depends on pre_i alone, so features are computed block by block, exactly."""
+
+    def activate_(self, pre: Tensor, sae: "SAE", features: slice) -> Tensor:
+        """``pre`` [..., f1 − f0] of the features ``features`` turned into activations, in place."""
+        raise NotImplementedError
+
+    def activate(self, pre: Tensor, sae: "SAE") -> Tensor:
+        return self.activate_(pre.clone(), sae, slice(None))
+
+    def feature_blocks(self, sae: "SAE", x: Tensor, feature_chunk: int) -> Iterator[tuple[int, int, Tensor]]:
+        centred = x.to(sae.dtype) - sae.input_offset
+        for f0 in range(0, sae.d_sae, feature_chunk):
+            f1 = min(sae.d_sae, f0 + feature_chunk)
+            pre = torch.addmm(sae.b_enc[f0:f1], centred, sae.W_enc[:, f0:f1]).float()
+            # In place: the block is the working set, so no second copy of it is made.
+            yield f0, f1, self.activate_(pre, sae, slice(f0, f1))
+
+
+class ReLU(_FeatureLocal):
+    """sae-lens "standard": f = relu(pre)."""
+
+    name = "standard"
+
+    def activate_(self, pre: Tensor, sae: "SAE", features: slice) -> Tensor:
+        return pre.relu_()
+
+
+class JumpReLU(_FeatureLocal):
+    """f = relu(pre)·(pre > threshold), with a per-feature ``threshold`` [F] kept in fp32."""
+
+    name = "jumprelu"
+
+    def check(self, sae: "SAE", where: str) -> None:
+        if sae.threshold is None:
+            raise SAEFormatError(f"{where}: a jumprelu SAE needs a 'threshold' tensor")
+
+    def activate_(self, pre: Tensor, sae: "SAE", features: slice) -> Tensor:
+        below = pre <= sae.threshold[features]
+        return pre.relu_().masked_fill_(below, 0.0)
+
+    def feature_thresholds(self, sae: "SAE", index: Tensor) -> Tensor:
+        return sae.threshold[index].float()
+
+    def read_sae_lens(self, cfg, state, w_dec, cfg_where, weights_where):
+        if "threshold" in state:
+            threshold = state["threshold"].float()
+        elif "log_threshold" in state:
+            threshold = state["log_threshold"].float().exp()
+        else:
+            raise SAEFormatError(f"{weights_where}: missing tensor 'threshold' (jumprelu SAE)")
+        return {"threshold": threshold}, w_dec
+
+    def random_fields(self, d_sae, generator, k):
+        return {"threshold": 0.2 * torch.rand(d_sae, generator=generator)}
+
+
+class TopK(Architecture):
+    """f = relu(topk_k(pre·feature_scale)): the k largest (scaled) pre-activations compete,
+    so one feature's activation depends on every other's."""
+
+    name = "topk"
+    needs_full_encode = True
+
+    def check(self, sae: "SAE", where: str) -> None:
+        if sae.k is None or not (0 < int(sae.k) <= sae.d_sae):
+            raise SAEFormatError(f"{where}: a topk SAE needs 0 < k <= d_sae ({sae.d_sae}), got k={sae.k}")
+
+    def activate(self, pre: Tensor, sae: "SAE") -> Tensor:
+        scaled = pre * sae.feature_scale if sae.feature_scale is not None else pre
+        values, indices = scaled.topk(int(sae.k), dim=-1)
+        return torch.zeros_like(scaled).scatter_(-1, indices, values.relu())
+
+    def feature_blocks(self, sae: "SAE", x: Tensor, feature_chunk: int) -> Iterator[tuple[int, int, Tensor]]:
+        """One block of all d_sae features, through the fused encode + top-k op."""
+        from .ops import encode_topk  # the kernels import nothing of this module; loaded when used
+        scale = None if sae.feature_scale is None else sae.feature_scale.float().contiguous()
+        values, indices = encode_topk(x.to(sae.dtype).contiguous(), sae.W_enc.contiguous(),
+                                      sae.b_enc.contiguous(), sae.input_offset.contiguous(), scale,
+                                      int(sae.k))
+        # values are already pre·scale, as activate selects
+        acts = torch.zeros(x.shape[0], sae.d_sae, device=x.device)
+        yield 0, sae.d_sae, acts.scatter_(1, indices, values.relu_())
+
+    def block_tokens(self, sae: "SAE", token_chunk: int, feature_chunk: int) -> int:
+        # the one block is [t, d_sae] (and the reference encode forms the pre-activations too)
+        return max(1, min(token_chunk, token_chunk * feature_chunk // sae.d_sae))
+
+    def read_sae_lens(self, cfg, state, w_dec, cfg_where, weights_where):
+        k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
+        if k is None:
+            raise SAEFormatError(f"{cfg_where}: missing key 'k' (topk SAE)")
+        feature_scale = None
+        if cfg.get("rescale_acts_by_decoder_norm", False):
+            feature_scale = w_dec.norm(dim=-1)
+            w_dec = w_dec / feature_scale[:, None]
+        return {"k": k, "feature_scale": feature_scale}, w_dec
+
+    def sae_lens_cfg(self, sae: "SAE") -> dict[str, Any]:
+        return {"k": int(sae.k), "rescale_acts_by_decoder_norm": sae.feature_scale is not None}
+
+    def random_fields(self, d_sae, generator, k):
+        return {"k": max(1, d_sae // 8) if k is None else k}
+
+
+ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in (ReLU(), JumpReLU(), TopK())}
+
+
+def architecture_named(name: Any, where: Optional[str] = None) -> Architecture:
+    """The :class:`Architecture` called ``name``; else :class:`SAEFormatError`, prefixed by ``where``."""
+    if isinstance(name, str) and name in ARCHITECTURES:
+        return ARCHITECTURES[name]
+    prefix = f"{where}: " if where else ""
+    raise SAEFormatError(f"{prefix}architecture {name!r} is not supported; expected one of "
+                         f"{', '.join(ARCHITECTURES)}")
+
+
+# ------------------------------------------------------------------ feature indices
+def integer_index(value: Any, what: str) -> int:
+    """``value`` as an int (a Python or NumPy integer, a one-element integer tensor);
+    a bool, a float (even 3.0) or a string is a ValueError naming ``what`` and the value."""
+    # bool is an int to Python and to operator.index, but True is no feature index
+    is_bool = isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool)
+    try:
+        if not is_bool:
+            return operator.index(value)
+    except TypeError:
+        pass
+    shown = value.tolist() if isinstance(value, Tensor) and value.numel() == 1 else value
+    raise ValueError(f"{what} is {shown!r} ({type(value).__name__}): it must be an integer index")
+
+
+def feature_indices(features: Any) -> list[int]:
+    """``features`` (a sequence or 1-D tensor of integer indices) as a list of ints;
+    ValueError naming the first entry that is not an integer."""
+    if isinstance(features, Tensor):
+        if features.ndim > 1:
+            raise ValueError(f"features must be 1-D, got a tensor of shape {tuple(features.shape)}")
+        features = features.reshape(-1)
+    elif isinstance(features, (str, bytes)) or not hasattr(features, "__iter__"):
+        raise ValueError(f"features must be a sequence of integer indices, got {features!r}")
+    return [integer_index(entry, f"features[{n}]") for n, entry in enumerate(features)]
+
+
 @dataclass
 class SAE:
     """A residual-stream SAE in sae-lens orientation.
@@ -63,6 +264,8 @@ class SAE:
               relu(pre)·(pre > threshold)     jumprelu
               relu(topk_k(pre·feature_scale)) topk
         x̂   = f @ W_dec + b_dec
+
+    ``architecture`` is the sae-lens name; :attr:`arch` is its :class:`Architecture`.
     """
 
     W_enc: torch.Tensor
@@ -100,6 +303,10 @@ class SAE:
         return self.W_enc.device
 
     @property
+    def arch(self) -> Architecture:
+        return architecture_named(self.architecture, self.source)
+
+    @property
     def hook_layer(self) -> Optional[int]:
         """The decoder-layer index parsed from ``hook_name`` (``blocks.L.hook_resid_post``)."""
         if not self.hook_name:
@@ -116,9 +323,7 @@ class SAE:
 
     def validate(self) -> None:
         where = self.source
-        if self.architecture not in ARCHITECTURES:
-            raise SAEFormatError(f"{where}: architecture {self.architecture!r} is not supported; "
-                                 f"expected one of {', '.join(ARCHITECTURES)}")
+        arch = self.arch
         if self.W_enc.ndim != 2:
             raise SAEFormatError(f"{where}: W_enc must be 2-D [d_in, d_sae], got {tuple(self.W_enc.shape)}")
         d_in, d_sae = self.W_enc.shape
@@ -132,11 +337,7 @@ class SAE:
             if got != shape:
                 raise SAEFormatError(f"{where}: {name} has shape {got}, expected {shape} "
                                      f"(d_in={d_in}, d_sae={d_sae} from W_enc)")
-        if self.architecture == "jumprelu" and self.threshold is None:
-            raise SAEFormatError(f"{where}: a jumprelu SAE needs a 'threshold' tensor")
-        if self.architecture == "topk":
-            if self.k is None or not (0 < int(self.k) <= d_sae):
-                raise SAEFormatError(f"{where}: a topk SAE needs 0 < k <= d_sae ({d_sae}), got k={self.k}")
+        arch.check(self, where)
         for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "feature_scale"):
             tensor = getattr(self, name)
             if tensor is not None and not torch.isfinite(tensor).all():
@@ -148,14 +349,7 @@ class SAE:
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Dense feature activations [..., F] (reference; the steering path never calls it)."""
-        pre = self.pre_activations(x)
-        if self.architecture == "standard":
-            return torch.relu(pre)
-        if self.architecture == "jumprelu":
-            return torch.relu(pre) * (pre > self.threshold)
-        scaled = pre * self.feature_scale if self.feature_scale is not None else pre
-        values, indices = scaled.topk(int(self.k), dim=-1)
-        return torch.zeros_like(scaled).scatter_(-1, indices, values.relu())
+        return self.arch.activate(self.pre_activations(x), self)
 
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
         return acts.to(self.dtype) @ self.W_dec + self.b_dec
@@ -171,14 +365,16 @@ class SAE:
                    dict(self.metadata), self.source)
 
     def check_features(self, features: Sequence[int]) -> torch.Tensor:
-        index = torch.as_tensor(list(features), dtype=torch.long)
-        if index.ndim != 1 or index.numel() == 0:
+        """``features`` as a LongTensor [S] of valid indices of this SAE (ValueError for an
+        entry that is not an integer, IndexError for one out of range)."""
+        index = feature_indices(features)
+        if not index:
             raise ValueError("select at least one feature (a 1-D list of indices)")
-        bad = index[(index < 0) | (index >= self.d_sae)]
-        if bad.numel():
-            raise IndexError(f"feature index {int(bad[0])} is out of range for {self.source} "
+        bad = next((f for f in index if not 0 <= f < self.d_sae), None)
+        if bad is not None:
+            raise IndexError(f"feature index {bad} is out of range for {self.source} "
                              f"with d_sae={self.d_sae}")
-        return index
+        return torch.tensor(index, dtype=torch.long)
 
     # --------------------------------------------------------------------- saving
     def save(self, path: "str | os.PathLike", overwrite: bool = False) -> Path:
@@ -186,7 +382,7 @@ class SAE:
 
         Written to a temporary directory first and moved into place, so an existing
         SAE at ``path`` is never half-overwritten; it is replaced only with
-        ``overwrite=True``.
+        ``overwrite=True``, and only if the directory holds nothing but these files.
         """
         path = Path(path)
         if self.feature_scale is not None:
@@ -208,10 +404,8 @@ class SAE:
             "normalize_activations": "none", "reshape_activations": "none",
             "metadata": metadata,
         }
-        if self.architecture == "topk":
-            cfg["k"] = int(self.k)
-            cfg["rescale_acts_by_decoder_norm"] = self.feature_scale is not None
-        with staged_directory(path, overwrite) as staging:
+        cfg.update(self.arch.sae_lens_cfg(self))
+        with staged_directory(path, overwrite, owns=SAE_FILES) as staging:
             save_tensors(staging / SAE_LENS_WEIGHTS, tensors)
             (staging / SAE_LENS_CFG).write_text(json.dumps(cfg, indent=2, default=str))
         return path
@@ -277,9 +471,7 @@ def _from_sae_lens_dict(cfg: dict, state: dict[str, torch.Tensor], where: str) -
     activation = cfg.get("activation_fn", cfg.get("activation_fn_str"))
     if architecture is None:  # configs written before sae-lens 6
         architecture = "topk" if activation == "topk" else "standard"
-    if architecture not in ARCHITECTURES:
-        raise SAEFormatError(f"{cfg_where}: architecture {architecture!r} is not supported; "
-                             f"expected one of {', '.join(ARCHITECTURES)}")
+    arch = architecture_named(architecture, cfg_where)
     normalize = cfg.get("normalize_activations", "none") or "none"
     if normalize not in ("none", "expected_average_only_in"):
         raise SAEFormatError(f"{cfg_where}: normalize_activations={normalize!r} rescales every "
@@ -295,29 +487,14 @@ def _from_sae_lens_dict(cfg: dict, state: dict[str, torch.Tensor], where: str) -
     w_dec = tensors["W_dec"]
     if "scaling_factor" in state:  # sae-lens < 6 "finetuning_scaling_factor": f·s @ W_dec
         w_dec = w_dec * state["scaling_factor"].to(w_dec.dtype)[:, None]
-    threshold = None
-    if architecture == "jumprelu":
-        if "threshold" in state:
-            threshold = state["threshold"].float()
-        elif "log_threshold" in state:
-            threshold = state["log_threshold"].float().exp()
-        else:
-            raise SAEFormatError(f"{weights_where}: missing tensor 'threshold' (jumprelu SAE)")
-    k = feature_scale = None
-    if architecture == "topk":
-        k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
-        if k is None:
-            raise SAEFormatError(f"{cfg_where}: missing key 'k' (topk SAE)")
-        if cfg.get("rescale_acts_by_decoder_norm", False):
-            feature_scale = w_dec.norm(dim=-1)
-            w_dec = w_dec / feature_scale[:, None]
+    fields, w_dec = arch.read_sae_lens(cfg, state, w_dec, cfg_where, weights_where)
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     hook_name = meta.get("hook_name", cfg.get("hook_name", cfg.get("hook_point")))
     model_name = meta.get("model_name", cfg.get("model_name"))
     extra = {key: value for key, value in meta.items() if key not in ("hook_name", "model_name")}
     return SAE(tensors["W_enc"], tensors["b_enc"], w_dec, tensors["b_dec"], architecture,
-               threshold, k, feature_scale, bool(cfg.get("apply_b_dec_to_input", True)),
-               hook_name, model_name, extra, where)
+               apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)), hook_name=hook_name,
+               model_name=model_name, metadata=extra, source=where, **fields)
 
 
 def _from_sparsify_dict(cfg: dict, state: dict[str, torch.Tensor], where: str) -> SAE:
@@ -375,8 +552,6 @@ def random_sae(d_in: int, d_sae: int, architecture: str = "standard", k: Optiona
     w_enc = w_dec.t().contiguous() + 0.1 * torch.randn(d_in, d_sae, generator=gen) / math.sqrt(d_in)
     b_enc = 0.1 * torch.randn(d_sae, generator=gen)
     b_dec = 0.1 * torch.randn(d_in, generator=gen)
-    threshold = 0.2 * torch.rand(d_sae, generator=gen) if architecture == "jumprelu" else None
-    if architecture == "topk" and k is None:
-        k = max(1, d_sae // 8)
+    fields = architecture_named(architecture).random_fields(d_sae, gen, k)
     return SAE(w_enc.to(dtype), b_enc.to(dtype), w_dec.to(dtype), b_dec.to(dtype), architecture,
-               threshold, k, None, apply_b_dec_to_input)
+               apply_b_dec_to_input=apply_b_dec_to_input, **fields)

@@ -14,9 +14,13 @@ says which tokens are steered: ``all``, ``prompt`` or ``generated``.
 On disk a spec is a directory with ``steering.json`` (human-readable) and
 ``steering.safetensors`` (every tensor); :meth:`SteeringSpec.load` gives back exactly
 what :meth:`SteeringSpec.save` wrote. Sparse interventions store only the selected
-features' encoder/decoder slices, so a spec is small and needs no SAE to run — except
-for TopK SAEs, whose features compete in a top-k over the whole SAE: those keep the
-SAE's directory path and reload it.
+features' encoder/decoder slices and the SAE's width, so a spec is small and needs no
+SAE to run — except for SAEs whose features compete over the whole SAE (TopK,
+``Architecture.needs_full_encode``): those keep the SAE's directory path and reload it.
+
+Spec algebra: :func:`neutral_coefficient` (the coefficient at which an edit does
+nothing, exactly), :meth:`SteeringSpec.neutral_rows`, :meth:`SteeringSpec.configuration`
+and :func:`stack_specs` (several specs as one multi-configuration spec).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError
@@ -35,11 +39,13 @@ from safetensors.torch import load_file
 from .errors import SAEFormatError, SteeringSpecError
 from .fileio import read_json_object, save_tensors, staged_directory
 from .ops.modes import DenseEdit, FeatureEdit
-from .sae import SAE, load_sae
+from .sae import SAE, Architecture, architecture_named, feature_indices, integer_index, load_sae
 
 POSITIONS = ("all", "prompt", "generated")
 SPEC_JSON = "steering.json"
 SPEC_TENSORS = "steering.safetensors"
+SPEC_FILES = (SPEC_JSON, SPEC_TENSORS)  # what SteeringSpec.save writes, and so may overwrite
+SPARSE_TENSORS = ("enc_rows", "enc_bias", "threshold", "dec_rows", "input_offset")
 FORMAT_VERSION = 1
 
 
@@ -58,6 +64,36 @@ def _coefficient_table(values: Any, width: int, what: str) -> torch.Tensor:
     return table.contiguous()
 
 
+def _integer_at_least(value: Any, name: str, minimum: int, what: str) -> int:
+    try:
+        value = integer_index(value, f"the {name}")
+    except ValueError as exc:
+        raise SteeringSpecError(f"{what}: {exc}") from None
+    if value < minimum:
+        raise SteeringSpecError(f"{what}: the {name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _features(features: Any, d_sae: Optional[int], what: str) -> list[int]:
+    """Distinct valid feature indices: one feature takes one edit (two would silently add up)."""
+    try:
+        index = feature_indices(features)
+    except ValueError as exc:
+        raise SteeringSpecError(f"{what}: {exc}") from None
+    if not index:
+        raise SteeringSpecError(f"{what}: select at least one feature")
+    seen: set[int] = set()
+    for feature in index:
+        if feature in seen:
+            raise SteeringSpecError(f"{what}: feature {feature} is listed twice; list each feature "
+                                    f"once, with one edit and one coefficient column")
+        seen.add(feature)
+        if feature < 0 or (d_sae is not None and feature >= d_sae):
+            sae = f"an SAE with d_sae={d_sae}" if d_sae is not None else "an SAE"
+            raise SteeringSpecError(f"{what}: feature index {feature} is out of range for {sae}")
+    return index
+
+
 def _edits(edits: Any, width: int, parse, what: str) -> list:
     if isinstance(edits, (str, int)):
         edits = [edits] * width
@@ -72,8 +108,9 @@ class SparseIntervention:
     """Edit selected SAE features at one layer.
 
     ``enc_rows``/``dec_rows`` [S, D], ``enc_bias`` [S], ``threshold`` [S] fp32,
-    ``input_offset`` [D]: the selected slices of the SAE (see :class:`pysteer.SAE`).
-    Build one with :meth:`from_sae`.
+    ``input_offset`` [D]: the selected slices of the SAE (see :class:`pysteer.SAE`);
+    ``d_sae``: the SAE's width, which the features must fit (None when unknown, e.g. a
+    spec saved before it was recorded). Build one with :meth:`from_sae`.
     """
 
     layer: int
@@ -86,8 +123,9 @@ class SparseIntervention:
     dec_rows: torch.Tensor
     input_offset: torch.Tensor
     architecture: str = "standard"
-    sae: Optional[SAE] = None  # the whole SAE; required for topk
+    sae: Optional[SAE] = None  # the whole SAE; required when arch.needs_full_encode (TopK)
     sae_path: Optional[str] = None
+    d_sae: Optional[int] = None
 
     @classmethod
     def from_sae(cls, sae: Union[SAE, str, os.PathLike, Any], features: Sequence[int],
@@ -100,24 +138,51 @@ class SparseIntervention:
             if layer is None:
                 raise SteeringSpecError(f"{sae.source}: the SAE's hook_name does not name a layer; "
                                         f"pass layer=")
-        width = index.numel()
-        what = f"sparse intervention at layer {layer}"
-        threshold = sae.threshold[index].float() if sae.threshold is not None else torch.zeros(width)
-        return cls(int(layer), index.tolist(), _edits(edits, width, FeatureEdit.parse, what),
-                   _coefficient_table(coefficients, width, what),
-                   sae.W_enc[:, index].t().contiguous(), sae.b_enc[index].contiguous(), threshold,
-                   sae.W_dec[index].contiguous(), sae.input_offset.contiguous(), sae.architecture,
-                   sae if sae.architecture == "topk" else None, sae_path or
-                   (sae.source if sae.source != "<memory>" and not sae.source.startswith("<") else None))
+        arch = sae.arch
+        return cls(layer, index.tolist(), edits, coefficients,
+                   sae.W_enc[:, index].t().contiguous(), sae.b_enc[index].contiguous(),
+                   arch.feature_thresholds(sae, index), sae.W_dec[index].contiguous(),
+                   sae.input_offset.contiguous(), sae.architecture,
+                   sae if arch.needs_full_encode else None,
+                   sae_path or (None if sae.source.startswith("<") else sae.source), sae.d_sae)
 
     def __post_init__(self) -> None:
         what = f"sparse intervention at layer {self.layer}"
+        self.layer = _integer_at_least(self.layer, "layer", 0, what)
+        try:
+            arch = self.arch
+        except SAEFormatError as exc:
+            raise SteeringSpecError(f"{what}: {exc}") from None
+        if self.d_sae is not None:
+            self.d_sae = _integer_at_least(self.d_sae, "d_sae", 1, what)
+        if self.sae is not None:
+            self._check_sae(what)
+        elif arch.needs_full_encode:
+            raise SteeringSpecError(f"{what}: {arch.name} SAE features compete over the whole SAE, "
+                                    f"so the intervention needs the SAE itself (sae=...)")
+        self.features = _features(self.features, self.d_sae, what)
         width = len(self.features)
         self.coefficients = _coefficient_table(self.coefficients, width, what)
         self.edits = _edits(self.edits, width, FeatureEdit.parse, what)
-        if self.architecture == "topk" and self.sae is None:
-            raise SteeringSpecError(f"{what}: TopK SAE features compete in a top-k over the whole "
-                                    f"SAE, so the intervention needs the SAE itself (sae=...)")
+
+    def _check_sae(self, what: str) -> None:
+        """The whole SAE matches the slices: same architecture, width and d_model."""
+        sae = self.sae
+        if sae.arch is not self.arch:
+            raise SteeringSpecError(f"{what}: the intervention is {self.architecture!r} but its SAE "
+                                    f"{sae.source} is {sae.architecture!r}")
+        if self.d_sae is None:
+            self.d_sae = sae.d_sae
+        elif self.d_sae != sae.d_sae:
+            raise SteeringSpecError(f"{what}: made for an SAE with d_sae={self.d_sae}, but its SAE "
+                                    f"{sae.source} has d_sae={sae.d_sae}")
+        if sae.d_in != self.d_model:
+            raise SteeringSpecError(f"{what}: steers d_model={self.d_model}, but its SAE "
+                                    f"{sae.source} reads d_in={sae.d_in}")
+
+    @property
+    def arch(self) -> Architecture:
+        return architecture_named(self.architecture)
 
     @property
     def d_model(self) -> int:
@@ -139,6 +204,7 @@ class DenseIntervention:
 
     def __post_init__(self) -> None:
         what = f"dense intervention at layer {self.layer}"
+        self.layer = _integer_at_least(self.layer, "layer", 0, what)
         directions = torch.as_tensor(self.directions).detach()
         if directions.ndim == 1:
             directions = directions.unsqueeze(0)
@@ -212,23 +278,56 @@ class SteeringSpec:
                              zip(self.interventions, tables)], self.positions, dict(self.model),
                             dict(self.metadata))
 
+    def configuration(self, c: int) -> "SteeringSpec":
+        """Configuration ``c`` alone: a one-row copy (this spec itself if it has only that row)."""
+        if not 0 <= c < self.n_configs:
+            raise SteeringSpecError(f"configuration {c} is out of range: the spec has {self.n_configs}")
+        if self.n_configs == 1:
+            return self
+        return self.with_coefficients([iv.coefficients[c:c + 1] for iv in self.interventions])
+
+    def neutral_rows(self, n: int) -> Optional[list[torch.Tensor]]:
+        """Per intervention, a table [n, width] of coefficients at which it leaves the residual
+        bit-identical (:func:`neutral_coefficient`); None if some edit has no such coefficient."""
+        tables = []
+        for iv in self.interventions:
+            neutral = [neutral_coefficient(edit) for edit in iv.edits]
+            if None in neutral:
+                return None
+            tables.append(torch.tensor(neutral, dtype=torch.float32).repeat(n, 1))
+        return tables
+
     # ------------------------------------------------------------------- file form
-    def save(self, path: "str | os.PathLike", overwrite: bool = False) -> Path:
-        """Write ``path/steering.json`` + ``path/steering.safetensors`` (atomically)."""
+    def save(self, path: "str | os.PathLike", overwrite: bool = False, *,
+             extra_files: Optional[Mapping[str, str]] = None) -> Path:
+        """Write ``path/steering.json`` + ``path/steering.safetensors`` (atomically).
+
+        ``extra_files``: ``{name: text}`` written beside them in the same step (e.g. a
+        discovery record); they belong to the spec, so a later overwrite may replace them.
+        ``overwrite=True`` replaces a directory holding only these files and refuses one
+        holding anything else, naming it (see :func:`pysteer.fileio.staged_directory`).
+        """
+        extra_files = dict(extra_files or {})
+        for name in extra_files:
+            if name in SPEC_FILES or Path(name).name != name or name.startswith("."):
+                raise SteeringSpecError(f"extra file {name!r}: give a plain file name other than "
+                                        f"{' and '.join(SPEC_FILES)}")
         tensors: dict[str, torch.Tensor] = {}
         entries = []
         for n, iv in enumerate(self.interventions):
             prefix = f"{n}."
             tensors[prefix + "coefficients"] = iv.coefficients
             if isinstance(iv, SparseIntervention):
-                for name in ("enc_rows", "enc_bias", "threshold", "dec_rows", "input_offset"):
+                for name in SPARSE_TENSORS:
                     tensors[prefix + name] = getattr(iv, name)
-                if iv.architecture == "topk" and iv.sae_path is None:
-                    raise SteeringSpecError("a TopK intervention can only be saved when its SAE was "
-                                            "loaded from a directory (the spec records that path)")
+                if iv.arch.needs_full_encode and iv.sae_path is None:
+                    raise SteeringSpecError(f"a {iv.architecture} intervention can only be saved when "
+                                            f"its SAE was loaded from a directory (the spec records "
+                                            f"that path)")
                 entries.append({"kind": "sparse", "layer": iv.layer, "features": iv.features,
                                 "edits": [e.name.lower() for e in iv.edits],
-                                "architecture": iv.architecture, "sae_path": iv.sae_path})
+                                "architecture": iv.architecture, "sae_path": iv.sae_path,
+                                "d_sae": iv.d_sae})
             else:
                 tensors[prefix + "directions"] = iv.directions
                 entries.append({"kind": "dense", "layer": iv.layer,
@@ -236,14 +335,17 @@ class SteeringSpec:
         doc = {"format": "pysteer.steering", "version": FORMAT_VERSION, "positions": self.positions,
                "model": self.model, "metadata": self.metadata, "interventions": entries}
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        with staged_directory(path, overwrite) as staging:
+        with staged_directory(path, overwrite, owns={*SPEC_FILES, *extra_files}) as staging:
             save_tensors(staging / SPEC_TENSORS, tensors)
             (staging / SPEC_JSON).write_text(json.dumps(doc, indent=2))
+            for name, text in extra_files.items():
+                (staging / name).write_text(text)
         return Path(path)
 
     @classmethod
     def load(cls, path: "str | os.PathLike", saes: Optional[dict[str, SAE]] = None) -> "SteeringSpec":
-        """Read a spec written by :meth:`save`. ``saes`` maps a TopK ``sae_path`` to a loaded SAE."""
+        """Read a spec written by :meth:`save`, checking each intervention against its SAE's
+        width. ``saes`` maps a recorded ``sae_path`` (TopK) to an already loaded SAE."""
         path = Path(path)
         json_path, tensor_path = path / SPEC_JSON, path / SPEC_TENSORS
         for needed in (json_path, tensor_path):
@@ -267,33 +369,8 @@ class SteeringSpec:
                 raise SteeringSpecError(f"{tensor_path}: missing tensor {key!r}")
             return tensors[key]
 
-        interventions: list[Intervention] = []
-        for n, entry in enumerate(_require_list(doc, "interventions", json_path)):
-            try:
-                kind, layer, edits = entry["kind"], int(entry["layer"]), entry["edits"]
-                if kind == "sparse":
-                    features = [int(f) for f in entry["features"]]
-                    architecture = entry.get("architecture", "standard")
-                    sae = None
-                    if architecture == "topk":
-                        sae_path = entry.get("sae_path")
-                        sae = (saes or {}).get(sae_path) or _load_topk_sae(sae_path, json_path)
-                    iv: Intervention = SparseIntervention(
-                        layer, features, edits, tensor(f"{n}.coefficients"), tensor(f"{n}.enc_rows"),
-                        tensor(f"{n}.enc_bias"), tensor(f"{n}.threshold"), tensor(f"{n}.dec_rows"),
-                        tensor(f"{n}.input_offset"), architecture, sae, entry.get("sae_path"))
-                    _check_sparse_shapes(iv, tensor_path, n)
-                elif kind == "dense":
-                    iv = DenseIntervention(layer, tensor(f"{n}.directions"), tensor(f"{n}.coefficients"), edits)
-                else:
-                    raise SteeringSpecError(f"{json_path}: intervention {n} has unknown kind {kind!r}")
-            except KeyError as exc:
-                raise SteeringSpecError(f"{json_path}: intervention {n} is missing key {exc}") from None
-            except (TypeError, ValueError) as exc:
-                if isinstance(exc, SteeringSpecError):
-                    raise
-                raise SteeringSpecError(f"{json_path}: intervention {n}: {exc}") from None
-            interventions.append(iv)
+        interventions = [_read_intervention(entry, n, tensor, saes or {}, json_path, tensor_path)
+                         for n, entry in enumerate(_require_list(doc, "interventions", json_path))]
         return cls(interventions, doc.get("positions", "all"), doc.get("model") or {},
                    doc.get("metadata") or {})
 
@@ -305,20 +382,97 @@ def _require_list(doc: dict, key: str, where: Path) -> list:
     return value
 
 
-def _check_sparse_shapes(iv: SparseIntervention, where: Path, n: int) -> None:
-    width, d_model = iv.width, iv.dec_rows.shape[-1]
+def _read_intervention(entry: Any, n: int, tensor, saes: Mapping[str, SAE], json_path: Path,
+                       tensor_path: Path) -> Intervention:
+    """Intervention ``n`` of a spec file; any fault is a SteeringSpecError naming the file,
+    the intervention and the value."""
+    where = f"{json_path}: intervention {n}"
+    if not isinstance(entry, dict):
+        raise SteeringSpecError(f"{where} must be a JSON object, got {type(entry).__name__}")
+    try:
+        kind, layer, edits = entry["kind"], entry["layer"], entry["edits"]
+        features = entry["features"] if kind == "sparse" else None
+    except KeyError as exc:
+        raise SteeringSpecError(f"{where} is missing key {exc}") from None
+    if kind == "dense":
+        make, args = DenseIntervention, (layer, tensor(f"{n}.directions"), tensor(f"{n}.coefficients"), edits)
+    elif kind == "sparse":
+        arrays = {name: tensor(f"{n}.{name}") for name in SPARSE_TENSORS}
+        if isinstance(features, list):
+            _check_sparse_shapes(arrays, len(features), tensor_path, n)
+        architecture, sae_path = entry.get("architecture", "standard"), entry.get("sae_path")
+        try:
+            needs_sae = architecture_named(architecture).needs_full_encode
+        except SAEFormatError as exc:
+            raise SteeringSpecError(f"{where}: {exc}") from None
+        sae = (saes.get(sae_path) or _load_whole_sae(sae_path, architecture, json_path)) if needs_sae else None
+        make, args = SparseIntervention, (layer, features, edits, tensor(f"{n}.coefficients"),
+                                          *arrays.values(), architecture, sae, sae_path, entry.get("d_sae"))
+    else:
+        raise SteeringSpecError(f"{where} has unknown kind {kind!r}")
+    try:
+        return make(*args)
+    except (TypeError, ValueError) as exc:  # SteeringSpecError included: say which file
+        raise SteeringSpecError(f"{where}: {exc}") from None
+
+
+def _check_sparse_shapes(arrays: dict[str, torch.Tensor], width: int, where: Path, n: int) -> None:
+    d_model = arrays["input_offset"].shape[-1] if arrays["input_offset"].ndim else -1
     expected = {"enc_rows": (width, d_model), "dec_rows": (width, d_model), "enc_bias": (width,),
                 "threshold": (width,), "input_offset": (d_model,)}
     for name, shape in expected.items():
-        got = tuple(getattr(iv, name).shape)
+        got = tuple(arrays[name].shape)
         if got != shape:
             raise SteeringSpecError(f"{where}: tensor '{n}.{name}' has shape {got}, expected {shape}")
 
 
-def _load_topk_sae(sae_path: Optional[str], where: Path) -> SAE:
+def _load_whole_sae(sae_path: Optional[str], architecture: str, where: Path) -> SAE:
     if not sae_path:
-        raise SteeringSpecError(f"{where}: a TopK intervention records no sae_path; pass saes=")
+        raise SteeringSpecError(f"{where}: a {architecture} intervention records no sae_path; pass saes=")
     try:
         return load_sae(sae_path)
     except SAEFormatError as exc:
-        raise SteeringSpecError(f"{where}: cannot load the TopK SAE it needs: {exc}") from None
+        raise SteeringSpecError(f"{where}: cannot load the {architecture} SAE it needs: {exc}") from None
+
+
+# ------------------------------------------------------------------------ spec algebra
+def neutral_coefficient(edit: "FeatureEdit | DenseEdit") -> Optional[float]:
+    """The coefficient at which an edit leaves the residual bit-identical, or None.
+
+    Sparse add 0: f' − f = 0 exactly; sparse scale 1: f·1 − f = 0 exactly; dense add 0.
+    Set, ablate and the projection change h whatever the coefficient.
+    """
+    if isinstance(edit, FeatureEdit):
+        return {FeatureEdit.ADD: 0.0, FeatureEdit.SCALE: 1.0}.get(edit)
+    return 0.0 if edit == DenseEdit.ADD else None
+
+
+def stack_specs(specs: Mapping[str, SteeringSpec]) -> list[tuple[SteeringSpec, list[str]]]:
+    """Group named specs into as few attachable specs as is exact: [(spec, names)].
+
+    Specs whose every edit has a neutral coefficient (:meth:`SteeringSpec.neutral_rows`)
+    and that steer the same positions become ONE spec whose configuration m applies spec
+    m's row 0 and sets every other spec's interventions to their neutral coefficients —
+    which leave the residual bit-identical, so row m is exactly spec m alone. Any other
+    spec (e.g. the projection) stands alone, with its row 0.
+    """
+    groups: list[tuple[SteeringSpec, list[str]]] = []
+    by_positions: dict[str, list[str]] = {}
+    for name, spec in specs.items():
+        if spec.neutral_rows(1) is not None:
+            by_positions.setdefault(spec.positions, []).append(name)
+        else:
+            groups.append((spec.configuration(0), [name]))
+    for positions, names in by_positions.items():
+        if len(names) == 1:
+            groups.append((specs[names[0]].configuration(0), names))
+            continue
+        interventions = []
+        for m, name in enumerate(names):
+            spec = specs[name]
+            for iv, table in zip(spec.interventions, spec.neutral_rows(len(names))):
+                table[m] = iv.coefficients[0]
+                interventions.append(dataclasses.replace(iv, coefficients=table))
+        metadata = {"method": "stacked", "configs": names}
+        groups.append((SteeringSpec(interventions, positions, dict(specs[names[0]].model), metadata), names))
+    return groups

@@ -316,9 +316,13 @@ def test_encode_topk_matches_reference(T, D, F, k, dtype, scaled):
 
 @requires_cuda
 def test_encode_topk_large_k_falls_back():
-    cb = _cb()
+    """k above the kernel's 256: the op layer's registry hands the call to the reference."""
+    _cb()
+    from pysteer import ops
     x, w, b, off, _ = _topk_inputs(3, 64, 1000, torch.bfloat16, 1, False)
-    values, indices = cb.encode_topk(x, w, b, off, None, 300)
+    assert ops.backends.resolve("encode_topk", x.device, x.dtype, k=300, backend="cuda") == "reference"
+    assert ops.backends.resolve("encode_topk", x.device, x.dtype, k=256, backend="cuda") == "cuda"
+    values, indices = ops.encode_topk(x, w, b, off, None, 300, backend="cuda")
     ref_v, _ = ref.encode_topk(x, w, b, off, None, 300)
     torch.testing.assert_close(values, ref_v)
     assert indices.shape == (3, 300)

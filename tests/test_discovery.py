@@ -344,6 +344,18 @@ def test_feature_stats_equal_brute_force(arch):
         stats.update(torch.zeros(3, 5), "a")
 
 
+@pytest.mark.parametrize("arch", ["standard", "jumprelu", "topk"])
+def test_feature_stats_count_zeros_alike_for_every_architecture(arch):
+    """Below a negative threshold a zero activation fires, whether ReLU, the jump or the
+    top-k made it zero: one definition, f_i > threshold, for every architecture."""
+    sae = random_sae(24, 97, arch, k=9, seed=4)
+    x = torch.randn(19, 24, generator=torch.Generator().manual_seed(1))
+    stats = FeatureStats(sae, ("a",), threshold=-0.01, token_chunk=4, feature_chunk=13)
+    stats.update(x, "a")
+    assert torch.equal(stats.fire_rate("a"), (sae.encode(x) > -0.01).float().mean(0))
+    assert torch.equal(stats.fire_rate("a"), torch.ones(97))
+
+
 def test_feature_stats_memory_is_bounded():
     """Small version of bench/bench_collect_memory.py: RSS peak ≪ the dense tokens × d_sae."""
     from bench_collect_memory import peak_rss_delta, run_stats

@@ -163,3 +163,20 @@ def test_forced_triton_backend_runs_a_steered_model_like_the_reference():
             assert ops.active_backend_name("cpu") == "triton"
             got = model(ids, attention_mask=mask).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- NaN stays in its row
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("op,make_args", [(ops.sparse_steer_, sparse_args), (ops.dense_steer_, dense_args)],
+                         ids=["sparse_steer_", "dense_steer_"])
+def test_a_nan_in_one_hidden_row_leaves_every_other_row_bit_identical(op, make_args, backend):
+    if ops.available_backends("cpu")[backend] is not None:
+        pytest.skip(ops.available_backends("cpu")[backend])
+    for nan_row in (0, 3):  # a steered row and one with row_index -1
+        clean, poisoned = make_args(), make_args()
+        poisoned["hidden"][nan_row, 5] = float("nan")
+        op(**clean, backend=backend)
+        op(**poisoned, backend=backend)
+        others = torch.arange(T) != nan_row
+        assert torch.equal(poisoned["hidden"][others], clean["hidden"][others])
+        assert torch.isnan(poisoned["hidden"][nan_row]).any()

@@ -132,3 +132,35 @@ def test_a_terminated_command_leaves_no_staging_directory(tmp_path):
     finally:
         child.kill()
     assert list(tmp_path.iterdir()) == []  # nothing left behind, no half-written result
+
+
+def test_overwrite_replaces_only_an_saes_own_files(tmp_path):
+    first, second = random_sae(D_IN, D_SAE, seed=1), random_sae(D_IN, D_SAE, "topk", k=4, seed=2)
+    first.save(tmp_path / "sae")
+    second.save(tmp_path / "sae", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    assert torch.equal(load_sae(tmp_path / "sae").W_enc, second.W_enc)
+    (tmp_path / "sae" / "sparsity.safetensors").write_bytes(b"the user's")
+    with pytest.raises(FileExistsError, match="also holds sparsity.safetensors"):
+        first.save(tmp_path / "sae", overwrite=True)
+    assert (tmp_path / "sae" / "sparsity.safetensors").read_bytes() == b"the user's"
+    assert torch.equal(load_sae(tmp_path / "sae").W_enc, second.W_enc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]  # no staging left behind
+
+
+def test_staged_directory_without_owns_owns_what_it_wrote(tmp_path):
+    from pysteer.fileio import staged_directory
+    out = tmp_path / "out"
+    for text in ("one", "two"):
+        with staged_directory(out, overwrite=True) as staging:
+            (staging / "results.json").write_text(text)
+    assert (out / "results.json").read_text() == "two"
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="also holds keep.txt"):
+        with staged_directory(out, overwrite=True) as staging:
+            (staging / "results.json").write_text("three")
+    assert (out / "keep.txt").read_text() == "mine" and (out / "results.json").read_text() == "two"
+    with pytest.raises(RuntimeError, match="does not own"):
+        with staged_directory(tmp_path / "new", owns={"a.json"}) as staging:
+            (staging / "b.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

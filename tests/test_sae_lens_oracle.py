@@ -13,7 +13,7 @@ sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is the oracle for th
 
 from pysteer import FeatureEdit, SparseIntervention, load_sae  # noqa: E402
 from sae_lens_zoo import edit_by_hand, random_sae_lens  # noqa: E402
-from pysteer.patching.steered_layer import SteeringState, compile_intervention  # noqa: E402
+from pysteer.patching.steered_layer import ForwardPlan, compile_intervention  # noqa: E402
 
 D_IN, D_SAE = 37, 101  # odd on purpose
 FEATURES = [3, 17, 40, 41, 99, 0]
@@ -45,9 +45,8 @@ def test_sparse_edit_equals_sae_lens_full_sae(architecture, extra):
     ours = load_sae(sae)  # the live sae_lens.SAE object
     iv = SparseIntervention.from_sae(ours, FEATURES, coeffs, EDITS, layer=0)
     compiled = compile_intervention(iv, torch.device("cpu"), torch.float32)
-    state = SteeringState(n_configs=1)
     hidden = x.clone()
-    compiled.apply_(hidden, state.row_index(1, x.shape[0], 0, x.device))
+    compiled.apply_(hidden, ForwardPlan(torch.zeros(x.shape[0], dtype=torch.int32), None))
 
     torch.testing.assert_close(hidden, expected, rtol=1e-5, atol=1e-5)
     # The edit must actually do something, or the comparison proves nothing.
@@ -78,7 +77,7 @@ def test_rows_with_other_configurations_match_each_alone():
     compiled = compile_intervention(iv, torch.device("cpu"), torch.float32)
     row_index = torch.tensor([0, 1, -1, 1, 0, -1], dtype=torch.int32)
     hidden = x.clone()
-    compiled.apply_(hidden, row_index)
+    compiled.apply_(hidden, ForwardPlan(row_index, None))
     for token, row in enumerate(row_index.tolist()):
         expected = x[token] if row < 0 else _oracle(sae, x[token:token + 1], table[row])[0]
         torch.testing.assert_close(hidden[token], expected, rtol=1e-5, atol=1e-5)

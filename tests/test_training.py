@@ -97,6 +97,28 @@ def test_saved_sae_on_raw_activations_equals_trainer_on_normalised_ones():
         trainer.evaluate(raw)["explained_variance"], abs=1e-6)
 
 
+def test_evaluation_decodes_with_the_sparse_kernel_and_matches_the_dense_formula(monkeypatch):
+    raw = 3.0 * torch.randn(200, 24) - 1.0
+    trainer = TopKTrainer(24, _small_run_config(), seed=1)
+    trainer.initialise(raw)
+    trainer.step(raw[:128], 3e-3)
+    decoded = []
+    sparse_decode = pysteer.ops.sparse_decode
+    monkeypatch.setattr(pysteer.ops, "sparse_decode", lambda *a, **kw: decoded.append(1) or sparse_decode(*a, **kw))
+    got = trainer.evaluate(raw, chunk=64)
+    assert len(decoded) == 4  # one sparse decode per chunk of 64 rows
+    with torch.no_grad():  # x̂ = relu(top-k of pre), scattered to [N, F], @ W_dec + b_dec; in raw units
+        x = trainer.scale * raw
+        pre = (x - trainer.b_dec) @ trainer.W_enc + trainer.b_enc
+        values, indices = pre.topk(trainer.config.k, dim=-1)
+        acts = torch.zeros_like(pre).scatter_(1, indices, values.relu())
+        x_hat = (acts @ trainer.W_dec + trainer.b_dec) / trainer.scale
+    expected = reconstruction_metrics(raw, x_hat, (acts > 0).sum(-1))
+    assert got["l0"] == expected["l0"]
+    assert got["explained_variance"] == pytest.approx(expected["explained_variance"], abs=1e-6)
+    assert got["mse"] == pytest.approx(expected["mse"], rel=1e-5)
+
+
 # ------------------------------------------------------------- saving and loading
 def test_saved_sae_loads_in_pysteer_and_sae_lens_with_its_metrics(tmp_path):
     sae_lens = pytest.importorskip("sae_lens")

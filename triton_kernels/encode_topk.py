@@ -139,24 +139,15 @@ def encode_topk(x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor,
                 k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of pre = ((x - input_offset) @ w_enc + b_enc) * feature_scale per row.
 
-    ``x`` [T, D], ``w_enc`` [D, F], ``b_enc`` [F], ``input_offset`` [D] (None: no
-    offset, which skips its fold), ``feature_scale`` [F] or None, 1 <= k <= min(F, 256).
-    Returns (values [T, k] fp32 sorted descending, indices [T, k] int64). Ties may be
-    broken differently from ``torch.topk``. Allocations depend on shapes only.
+    ``x`` [T, D], ``w_enc`` [D, F] (F < 2**31: indices are packed into 31 bits), both
+    with a contiguous last dim, contiguous ``b_enc`` [F], ``input_offset`` [D] (None: no
+    offset, which skips its fold) and ``feature_scale`` [F] or None; 1 <= k <= min(F, 256)
+    (the registry sends larger k to the reference). Returns (values [T, k] fp32 sorted
+    descending, indices [T, k] int64). Ties may be broken differently from
+    ``torch.topk``. Allocations depend on shapes only.
     """
     T, D = x.shape
     F = w_enc.shape[1]
-    assert w_enc.shape[0] == D and b_enc.shape == (F,), "w_enc must be [D, F], b_enc [F]"
-    assert 1 <= k <= min(F, 256), "need 1 <= k <= min(F, 256)"
-    assert F < 2**31, "feature indices are packed into 31 bits"
-    assert x.stride(1) == 1 and w_enc.stride(1) == 1, "x and w_enc need a contiguous last dim"
-    b_enc = b_enc.contiguous()
-    if input_offset is not None:
-        assert input_offset.shape == (D,)
-        input_offset = input_offset.contiguous()
-    if feature_scale is not None:
-        assert feature_scale.shape == (F,)
-        feature_scale = feature_scale.contiguous()
 
     values = torch.empty((T, k), dtype=torch.float32, device=x.device)
     indices = torch.empty((T, k), dtype=torch.int64, device=x.device)

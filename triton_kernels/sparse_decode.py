@@ -48,19 +48,12 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, w_dec: torch.Tens
     """out[t] = sum_j values[t, j] * w_dec[indices[t, j]] (+ bias) (+ residual[t]).
 
     ``values`` [T, k], ``indices`` [T, k] int32/int64 (-1 entries skipped), ``w_dec``
-    [F, D], ``bias`` [D], ``residual`` [T, D]. Returns out [T, D] in ``residual``'s dtype
-    if given, else ``w_dec``'s. Indices must be < F (not checked: no host sync).
+    [F, D], contiguous ``bias`` [D], ``residual`` [T, D]; every 2-D operand with a
+    contiguous last dim. Returns out [T, D] in ``residual``'s dtype if given, else
+    ``w_dec``'s. Indices must be < F (not checked: no host sync).
     """
     T, K = values.shape
     D = w_dec.shape[1]
-    assert indices.shape == (T, K), "values and indices must both be [T, k]"
-    assert values.stride(1) == 1 and indices.stride(1) == 1 and w_dec.stride(1) == 1, \
-        "values, indices and w_dec need a contiguous last dim"
-    if bias is not None:
-        assert bias.shape == (D,)
-        bias = bias.contiguous()
-    if residual is not None:
-        assert residual.shape == (T, D) and residual.stride(1) == 1, "residual must be [T, D]"
     out = torch.empty((T, D), dtype=residual.dtype if residual is not None else w_dec.dtype,
                       device=w_dec.device)
     if T == 0 or D == 0:

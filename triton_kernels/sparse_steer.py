@@ -194,17 +194,6 @@ def _launch_config(T: int, D: int, S: int) -> dict:
                 num_warps=8)
 
 
-def _check_common(hidden: torch.Tensor, row_index: torch.Tensor, coeffs: torch.Tensor,
-                  rows: torch.Tensor, modes: torch.Tensor) -> None:
-    T, D = hidden.shape
-    S = rows.shape[0]
-    assert hidden.stride(1) == 1, "hidden needs a contiguous last dim (it is updated in place)"
-    assert row_index.shape == (T,) and row_index.is_contiguous(), "row_index must be [T]"
-    assert coeffs.dim() == 2 and coeffs.shape[1] == S and coeffs.stride(1) == 1, "coeffs must be [C, S]"
-    assert rows.shape == (S, D) and rows.stride(1) == 1, "weight rows must be [S, D]"
-    assert modes.shape == (S,) and modes.is_contiguous(), "modes must be [S]"
-
-
 def sparse_steer_(hidden: torch.Tensor, row_index: torch.Tensor, coeffs: torch.Tensor,
                   enc_rows: torch.Tensor, enc_bias: torch.Tensor, threshold: torch.Tensor,
                   dec_rows: torch.Tensor, input_offset: torch.Tensor, edit_modes: torch.Tensor,
@@ -215,18 +204,14 @@ def sparse_steer_(hidden: torch.Tensor, row_index: torch.Tensor, coeffs: torch.T
     ``coeffs`` [C, S] fp32, ``enc_rows``/``dec_rows`` [S, D], ``enc_bias``/``threshold``
     [S], ``input_offset`` [D], ``edit_modes`` [S] int8 (FeatureEdit). With
     ``feature_acts`` [T, S] the encode is skipped (enc_rows, enc_bias, threshold and
-    input_offset are then unused).
+    input_offset are then unused). ``hidden`` may be row-strided (its last dim
+    contiguous); every other operand is contiguous.
     """
     T, D = hidden.shape
     S = dec_rows.shape[0]
-    _check_common(hidden, row_index, coeffs, dec_rows, edit_modes)
     if feature_acts is None:
-        assert enc_rows.shape == (S, D) and enc_rows.stride(1) == 1, "enc_rows must be [S, D]"
-        assert enc_bias.shape == (S,) and threshold.shape == (S,) and input_offset.shape == (D,)
-        enc_bias, threshold, input_offset = (t.contiguous() for t in (enc_bias, threshold, input_offset))
         acts, stride_a = dec_rows, 0
     else:
-        assert feature_acts.shape == (T, S) and feature_acts.stride(1) == 1, "feature_acts must be [T, S]"
         enc_rows = enc_bias = threshold = input_offset = dec_rows  # unused placeholders
         acts, stride_a = feature_acts, feature_acts.stride(0)
     if T == 0 or S == 0:
@@ -249,7 +234,6 @@ def dense_steer_(hidden: torch.Tensor, row_index: torch.Tensor, coeffs: torch.Te
     """
     T, D = hidden.shape
     K = directions.shape[0]
-    _check_common(hidden, row_index, coeffs, directions, dense_modes)
     if T == 0 or K == 0:
         return
     cfg = _launch_config(T, D, K)

@@ -22,12 +22,11 @@ Two pieces, both with a bounded memory footprint:
 
       pos[i] = Σ_p 1[Δ_i^p > τ],  neg[i] = Σ_p 1[Δ_i^p < −τ],  delta_sum[i] = Σ_p Δ_i^p
 
-  The tokens × d_sae activation matrix is never formed. Standard/JumpReLU SAEs are
-  encoded in blocks of ``token_chunk`` × ``feature_chunk`` (features depend only on their
-  own pre-activation, so feature blocks are exact); TopK SAEs go through the fused
-  :func:`pysteer.ops.encode_topk` (all features compete, so only tokens are chunked;
-  the CPU reference materialises ``token_chunk`` × d_sae pre-activations, so the chunk
-  is sized to ``token_chunk·feature_chunk`` elements) and accumulate with scatter-adds.
+  The tokens × d_sae activation matrix is never formed: the SAE's architecture
+  (:meth:`pysteer.sae.Architecture.feature_blocks`) yields activations in blocks of about
+  ``token_chunk`` × ``feature_chunk`` — feature blocks where each feature depends on its
+  own pre-activation alone (standard, JumpReLU), whole rows of fewer tokens where all
+  features compete (TopK, through the fused :func:`pysteer.ops.encode_topk`).
 """
 
 from __future__ import annotations
@@ -180,44 +179,15 @@ class FeatureStats:
         self.pos = torch.zeros(F, dtype=torch.float64, device=self.device)
         self.neg, self.delta_sum = torch.zeros_like(self.pos), torch.zeros_like(self.pos)
 
-    # ------------------------------------------------------------------ encoding
     @property
     def d_sae(self) -> int:
         return self.sae.d_sae
 
-    def _token_chunk(self) -> int:
-        if self.sae.architecture == "topk":  # the reference encode_topk forms chunk × d_sae
-            return max(1, min(self.token_chunk, self.token_chunk * self.feature_chunk // self.d_sae))
-        return self.token_chunk
+    def _blocks(self, x: torch.Tensor) -> Iterator[tuple[int, int, torch.Tensor]]:
+        return self.sae.arch.feature_blocks(self.sae, x, self.feature_chunk)
 
-    def _dense_blocks(self, x: torch.Tensor) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """(f0, f1, acts [t, f1 − f0] fp32) for a standard/JumpReLU SAE, block by block."""
-        sae = self.sae
-        centred = x.to(sae.dtype) - sae.input_offset
-        for f0 in range(0, sae.d_sae, self.feature_chunk):
-            f1 = min(sae.d_sae, f0 + self.feature_chunk)
-            pre = torch.addmm(sae.b_enc[f0:f1], centred, sae.W_enc[:, f0:f1]).float()
-            # In place: the block is the working set, so no second copy of it is made.
-            below = pre <= sae.threshold[f0:f1] if sae.architecture == "jumprelu" else None
-            acts = pre.relu_()
-            if below is not None:
-                acts.masked_fill_(below, 0.0)
-            yield f0, f1, acts
-
-    def _topk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(values [t, k] ≥ 0, indices [t, k]) through the fused encode + top-k op."""
-        from ..ops import encode_topk
-        sae = self.sae
-        scale = None if sae.feature_scale is None else sae.feature_scale.float().contiguous()
-        values, indices = encode_topk(x.to(sae.dtype).contiguous(), sae.W_enc.contiguous(),
-                                      sae.b_enc.contiguous(), sae.input_offset.contiguous(), scale,
-                                      int(sae.k))
-        return values.relu(), indices  # values are already pre·scale, as SAE.encode selects
-
-    def _dense_topk_block(self, x: torch.Tensor) -> torch.Tensor:
-        """Dense [t, d_sae] activations of a TopK SAE for a chunk sized so t·d_sae is bounded."""
-        values, indices = self._topk(x)
-        return torch.zeros(x.shape[0], self.d_sae, device=x.device).scatter_(1, indices, values)
+    def _token_step(self) -> int:
+        return self.sae.arch.block_tokens(self.sae, self.token_chunk, self.feature_chunk)
 
     # ------------------------------------------------------------------ updates
     def _group(self, group: "str | int") -> int:
@@ -232,44 +202,30 @@ class FeatureStats:
         if hidden.ndim != 2 or hidden.shape[1] != self.sae.d_in:
             raise ValueError(f"hidden must be [tokens, {self.sae.d_in}], got {tuple(hidden.shape)}")
         g = self._group(group)
-        step = self._token_chunk()
+        step = self._token_step()
         with torch.no_grad():
             for t0 in range(0, hidden.shape[0], step):
                 x = hidden[t0:t0 + step].to(self.device)
                 self.count[g] += x.shape[0]
-                if self.sae.architecture == "topk":
-                    if self.threshold < 0:  # unselected features (0) would count as firing
-                        raise ValueError("TopK statistics need threshold >= 0")
-                    values, indices = self._topk(x)
-                    flat_i, flat_v = indices.reshape(-1), values.reshape(-1)
-                    self.sum[g].index_add_(0, flat_i, flat_v.double())
-                    self.fires[g].index_add_(0, flat_i, (flat_v > self.threshold).double())
-                    self.max[g].scatter_reduce_(0, flat_i, flat_v, "amax")
-                    # an unselected feature has activation 0: the max is at least 0 once seen
-                    self.max[g].clamp_(min=0.0)
-                else:
-                    for f0, f1, acts in self._dense_blocks(x):
-                        # fp32 within a block, fp64 across blocks: no fp64 copy of the block
-                        self.sum[g, f0:f1] += acts.sum(0)
-                        # int32 sum: a plain bool sum would widen the block to int64
-                        self.fires[g, f0:f1] += (acts > self.threshold).sum(0, dtype=torch.int32)
-                        self.max[g, f0:f1] = torch.maximum(self.max[g, f0:f1], acts.amax(0))
+                for f0, f1, acts in self._blocks(x):
+                    # fp32 within a block, fp64 across blocks: no fp64 copy of the block
+                    self.sum[g, f0:f1] += acts.sum(0)
+                    # int32 sum: a plain bool sum would widen the block to int64
+                    self.fires[g, f0:f1] += (acts > self.threshold).sum(0, dtype=torch.int32)
+                    self.max[g, f0:f1] = torch.maximum(self.max[g, f0:f1], acts.amax(0))
 
     def update_pairs(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Add aligned pairs: Δ_i^p = f_i(a_p) − f_i(b_p), counted against ±τ."""
         if a.shape != b.shape or a.ndim != 2 or a.shape[1] != self.sae.d_in:
             raise ValueError(f"pairs must be two [P, {self.sae.d_in}] tensors, got "
                              f"{tuple(a.shape)} and {tuple(b.shape)}")
-        step = self._token_chunk()
+        step = self._token_step()
         with torch.no_grad():
             for p0 in range(0, a.shape[0], step):
                 xa, xb = a[p0:p0 + step].to(self.device), b[p0:p0 + step].to(self.device)
                 self.n_pairs += xa.shape[0]
-                if self.sae.architecture == "topk":
-                    blocks = [(0, self.d_sae, self._dense_topk_block(xa) - self._dense_topk_block(xb))]
-                else:
-                    blocks = ((f0, f1, fa - fb) for (f0, f1, fa), (_, _, fb)
-                              in zip(self._dense_blocks(xa), self._dense_blocks(xb)))
+                blocks = ((f0, f1, fa.sub_(fb)) for (f0, f1, fa), (_, _, fb)
+                          in zip(self._blocks(xa), self._blocks(xb)))
                 for f0, f1, delta in blocks:
                     self.pos[f0:f1] += (delta > self.tau).sum(0, dtype=torch.int32)
                     self.neg[f0:f1] += (delta < -self.tau).sum(0, dtype=torch.int32)

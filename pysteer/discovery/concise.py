@@ -132,9 +132,8 @@ class ConciseResult:
 
     def save(self, path: "str | Path", overwrite: bool = False) -> Path:
         """The spec directory plus ``discovery.json`` (statistics, pairs)."""
-        path = self.spec().save(path, overwrite=overwrite)
-        (path / DISCOVERY_JSON).write_text(json.dumps(self.to_json(), indent=2))
-        return path
+        return self.spec().save(path, overwrite=overwrite,
+                                extra_files={DISCOVERY_JSON: json.dumps(self.to_json(), indent=2)})
 
 
 def concise(model: nn.Module, tokenizer, sae: "SAE | str", instruction: str,

@@ -83,11 +83,10 @@ class SaifResult:
 
     def save(self, path: "str | Path", strength: Optional[float] = None, overwrite: bool = False) -> Path:
         """The spec directory plus ``discovery.json`` (the selected latents' statistics)."""
-        path = self.spec(strength).save(path, overwrite=overwrite)
         doc = {"method": "saif", "instruction": self.instruction, "layer": self.layer,
                "variants": self.variants, "features": self.table()}
-        (path / DISCOVERY_JSON).write_text(json.dumps(doc, indent=2))
-        return path
+        return self.spec(strength).save(path, overwrite=overwrite,
+                                        extra_files={DISCOVERY_JSON: json.dumps(doc, indent=2)})
 
 
 def saif(model: nn.Module, tokenizer, sae: "SAE | str", instruction: str, *,

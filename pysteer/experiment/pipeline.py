@@ -39,10 +39,9 @@ from ..discovery.prompts import BASE_QUERIES, sample
 from ..evaluation import (builtin_prompts, generate_for_configs, generate_responses, response_perplexity,
                           score_responses)
 from ..fileio import staged_directory
-from ..ops.modes import DenseEdit, FeatureEdit
 from ..patching import model_facts, steer
 from ..sae import SAE, load_sae
-from ..spec import SparseIntervention, SteeringSpec
+from ..spec import SparseIntervention, SteeringSpec, stack_specs
 from .errors import ExperimentError
 from .instructions import InstructionType, get_type, resolve_types
 from .report import MAX_DEGENERATE, MAX_PPL_RATIO
@@ -230,59 +229,6 @@ def discover(method: str, model, tokenizer, itype: "str | InstructionType", *,
 
 
 # ---------------------------------------------------------------------------- evaluation
-def _neutral(edit: Any) -> Optional[float]:
-    """The coefficient at which an edit leaves the residual bit-identical, or None.
-
-    Sparse add 0: f' − f = 0 exactly; sparse scale 1: f·1 − f = 0 exactly; dense add 0.
-    Set, ablate and the projection change h whatever the coefficient.
-    """
-    if isinstance(edit, FeatureEdit):
-        return {FeatureEdit.ADD: 0.0, FeatureEdit.SCALE: 1.0}.get(edit)
-    return 0.0 if edit == DenseEdit.ADD else None
-
-
-def _stackable(spec: SteeringSpec) -> bool:
-    return all(_neutral(e) is not None for iv in spec.interventions for e in iv.edits)
-
-
-def stack_specs(specs: Mapping[str, SteeringSpec]) -> list[tuple[SteeringSpec, list[str]]]:
-    """Group methods' specs into as few attachable specs as is exact: [(spec, method names)].
-
-    Specs whose every edit has a neutral coefficient (:func:`_neutral`) and that steer the
-    same positions become ONE spec whose configuration m applies method m's row 0 and
-    sets every other method's interventions to their neutral coefficients — which leave
-    the residual bit-identical, so row m is exactly method m alone. Any other spec (e.g.
-    the projection) is attached on its own, with its row 0.
-    """
-    groups: list[tuple[SteeringSpec, list[str]]] = []
-    by_positions: dict[str, list[str]] = {}
-    for name, spec in specs.items():
-        if _stackable(spec):
-            by_positions.setdefault(spec.positions, []).append(name)
-        else:
-            groups.append((_first_row(spec), [name]))
-    for positions, names in by_positions.items():
-        if len(names) == 1:
-            groups.append((_first_row(specs[names[0]]), names))
-            continue
-        interventions = []
-        for m, name in enumerate(names):
-            for iv in specs[name].interventions:
-                neutral = torch.tensor([_neutral(e) for e in iv.edits], dtype=torch.float32)
-                table = neutral.repeat(len(names), 1)
-                table[m] = iv.coefficients[0]
-                interventions.append(dataclasses.replace(iv, coefficients=table))
-        metadata = {"method": "stacked", "configs": names}
-        groups.append((SteeringSpec(interventions, positions, dict(specs[names[0]].model), metadata), names))
-    return groups
-
-
-def _first_row(spec: SteeringSpec) -> SteeringSpec:
-    if spec.n_configs == 1:
-        return spec
-    return spec.with_coefficients([iv.coefficients[:1] for iv in spec.interventions])
-
-
 def _cell(report, prompts, texts: list[str], responses: list[str], n_examples: int) -> dict[str, Any]:
     return {"ifr_loose": report.ifr_loose, "ifr_strict": report.ifr_strict, "rr": report.rr, "oq": report.oq,
             "degenerate_rate": report.degenerate_rate, "mean_perplexity": report.mean_perplexity,

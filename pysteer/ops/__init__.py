@@ -6,6 +6,16 @@ Checks that must read values (coefficients finite, row indices in range, feature
 indices in range) run once, on the host, when a steering spec is attached — not per
 call.
 
+Each op takes an optional ``backend=`` ("cuda", "triton", "reference"), which beats
+:func:`use_backend` / :func:`set_backend`, which beat ``PYSTEER_BACKEND``, which beats
+automatic choice; the registry in :mod:`pysteer.ops.backends` picks the implementation
+once the call is validated (see there for the fallback rules), and
+:func:`check_backend` resolves it ahead of time.
+
+Rows are independent: every output row depends only on its own input row, so a NaN
+in one ``hidden`` row of :func:`sparse_steer_` or :func:`dense_steer_` spreads over
+that row only, and every other row comes back bit-identical.
+
 Kernel ABI (shared by the reference, Triton and CUDA backends):
   hidden / x       [T, D]  fp32 | fp16 | bf16, contiguous
   weights          enc_rows, dec_rows [S, D], enc_bias [S], input_offset [D],
@@ -23,7 +33,7 @@ import torch
 from torch import Tensor
 
 from . import library
-from .backends import (BACKENDS, active_backend_name, available_backends, backend_for, set_backend,
+from .backends import (BACKENDS, active_backend_name, available_backends, check_backend, set_backend,
                        use_backend)
 from .modes import DenseEdit, FeatureEdit
 
@@ -32,16 +42,16 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 __all__ = ["sparse_steer_", "check_sparse_steer_args", "launch_sparse_steer_",
            "check_dense_steer_args", "launch_dense_steer_", "dense_steer_", "encode_topk", "sparse_decode", "FeatureEdit",
            "DenseEdit", "BACKENDS", "set_backend", "use_backend", "available_backends",
-           "active_backend_name", "FLOAT_DTYPES"]
+           "active_backend_name", "check_backend", "FLOAT_DTYPES"]
 
 
-def _run(op, method: str, device: torch.device, *args):
+def _run(op, impl, *args):
     """Through the ``torch.library`` op while tracing, so ``torch.compile`` sees it; in eager
-    mode straight to the backend, skipping the dispatcher's per-call Python overhead
+    mode straight to its body (``impl``), skipping the dispatcher's per-call Python overhead
     (tens of µs, which would dominate a decode step's steering cost)."""
     if torch.compiler.is_compiling():
         return op(*args)
-    return getattr(backend_for(device), method)(*args)
+    return impl(*args)
 
 
 def _check(cond: bool, message: str) -> None:
@@ -97,7 +107,8 @@ def check_sparse_steer_args(hidden: Tensor, row_index: Tensor, coeffs: Tensor, e
 
 def sparse_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, enc_rows: Tensor,
                   enc_bias: Tensor, threshold: Tensor, dec_rows: Tensor, input_offset: Tensor,
-                  edit_modes: Tensor, feature_acts: Optional[Tensor] = None) -> Tensor:
+                  edit_modes: Tensor, feature_acts: Optional[Tensor] = None, *,
+                  backend: Optional[str] = None) -> Tensor:
     """Exact sparse SAE edit, in place: h += Σ_i (edit(f_i, c_i) − f_i)·dec_rows[i].
 
     See :func:`pysteer.ops.reference.sparse_steer_` for the formula; returns ``hidden``.
@@ -105,19 +116,20 @@ def sparse_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, enc_rows: T
     check_sparse_steer_args(hidden, row_index, coeffs, enc_rows, enc_bias, threshold, dec_rows,
                             input_offset, edit_modes, feature_acts)
     return launch_sparse_steer_(hidden, row_index, coeffs, enc_rows, enc_bias, threshold, dec_rows,
-                                input_offset, edit_modes, feature_acts)
+                                input_offset, edit_modes, feature_acts, backend=backend)
 
 
 def launch_sparse_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, enc_rows: Tensor,
                          enc_bias: Tensor, threshold: Tensor, dec_rows: Tensor,
                          input_offset: Tensor, edit_modes: Tensor,
-                         feature_acts: Optional[Tensor] = None) -> Tensor:
+                         feature_acts: Optional[Tensor] = None, *,
+                         backend: Optional[str] = None) -> Tensor:
     """:func:`sparse_steer_` for callers that validated the weights once already (a steered
     layer does at attach time): only ``hidden`` is checked against them here."""
     _check_hidden_fits(hidden, dec_rows)
     if hidden.shape[0]:
-        _run(library.sparse_steer_op, "sparse_steer_", hidden.device, hidden, row_index, coeffs,
-             enc_rows, enc_bias, threshold, dec_rows, input_offset, edit_modes, feature_acts)
+        _run(library.sparse_steer_op, library.sparse_steer_impl, hidden, row_index, coeffs,
+             enc_rows, enc_bias, threshold, dec_rows, input_offset, edit_modes, feature_acts, backend)
     return hidden
 
 
@@ -146,25 +158,29 @@ def check_dense_steer_args(hidden: Tensor, row_index: Tensor, coeffs: Tensor, di
 
 
 def dense_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, directions: Tensor,
-                 dense_modes: Tensor) -> Tensor:
+                 dense_modes: Tensor, *, backend: Optional[str] = None) -> Tensor:
     """Dense steering in place: add c·u, or project h + (z̄ − h·u)·u; returns ``hidden``."""
     check_dense_steer_args(hidden, row_index, coeffs, directions, dense_modes)
-    return launch_dense_steer_(hidden, row_index, coeffs, directions, dense_modes)
+    return launch_dense_steer_(hidden, row_index, coeffs, directions, dense_modes, backend=backend)
 
 
 def launch_dense_steer_(hidden: Tensor, row_index: Tensor, coeffs: Tensor, directions: Tensor,
-                        dense_modes: Tensor) -> Tensor:
+                        dense_modes: Tensor, *, backend: Optional[str] = None) -> Tensor:
     """:func:`dense_steer_` for callers that validated the directions once already."""
     _check_hidden_fits(hidden, directions)
     if hidden.shape[0]:
-        _run(library.dense_steer_op, "dense_steer_", hidden.device, hidden, row_index, coeffs,
-             directions, dense_modes)
+        _run(library.dense_steer_op, library.dense_steer_impl, hidden, row_index, coeffs,
+             directions, dense_modes, backend)
     return hidden
 
 
 def encode_topk(x: Tensor, w_enc: Tensor, b_enc: Tensor, input_offset: Tensor,
-                feature_scale: Optional[Tensor], k: int) -> tuple[Tensor, Tensor]:
-    """Fused SAE encode + per-row top-k: (values [T, k] fp32 descending, indices [T, k] int64)."""
+                feature_scale: Optional[Tensor], k: int, *,
+                backend: Optional[str] = None) -> tuple[Tensor, Tensor]:
+    """Fused SAE encode + per-row top-k: (values [T, k] fp32 descending, indices [T, k] int64).
+
+    A k above the chosen backend's limit (256 for the CUDA and Triton kernels) runs on
+    the reference (matmul + ``torch.topk``), on the same device."""
     _check_hidden(x, "x")
     _check(w_enc.ndim == 2 and w_enc.shape[0] == x.shape[1],
            f"w_enc must be [{x.shape[1]}, d_sae], got {tuple(w_enc.shape)}")
@@ -175,12 +191,12 @@ def encode_topk(x: Tensor, w_enc: Tensor, b_enc: Tensor, input_offset: Tensor,
     _check_tensor(input_offset, "input_offset", (x.shape[1],), x.dtype, x.device)
     if feature_scale is not None:
         _check_tensor(feature_scale, "feature_scale", (d_sae,), torch.float32, x.device)
-    return _run(library.encode_topk_op, "encode_topk", x.device, x, w_enc, b_enc, input_offset,
-                feature_scale, k)
+    return _run(library.encode_topk_op, library.encode_topk_impl, x, w_enc, b_enc, input_offset,
+                feature_scale, k, backend)
 
 
 def sparse_decode(values: Tensor, indices: Tensor, w_dec: Tensor, bias: Optional[Tensor] = None,
-                  residual: Optional[Tensor] = None) -> Tensor:
+                  residual: Optional[Tensor] = None, *, backend: Optional[str] = None) -> Tensor:
     """out[t] = Σ_j values[t,j]·w_dec[indices[t,j]] (+ bias) (+ residual[t]); −1 indices skipped."""
     _check(w_dec.ndim == 2 and w_dec.dtype in FLOAT_DTYPES,
            f"w_dec must be a 2-D fp32/fp16/bf16 [d_sae, d_model] tensor, got {tuple(w_dec.shape)} {w_dec.dtype}")
@@ -196,5 +212,5 @@ def sparse_decode(values: Tensor, indices: Tensor, w_dec: Tensor, bias: Optional
         _check(tuple(residual.shape) == (shape[0], w_dec.shape[1]),
                f"residual must be [{shape[0]}, {w_dec.shape[1]}], got {tuple(residual.shape)}")
         _check(residual.device == w_dec.device, f"residual is on {residual.device}, w_dec on {w_dec.device}")
-    return _run(library.sparse_decode_op, "sparse_decode", w_dec.device, values, indices, w_dec,
-                bias, residual)
+    return _run(library.sparse_decode_op, library.sparse_decode_impl, values, indices, w_dec,
+                bias, residual, backend)

@@ -6,12 +6,15 @@ tensors' device to the extension; outputs and the encode workspace are allocated
 here with sizes that depend only on shapes, and nothing syncs with the host, so the
 calls can be captured by CUDA graphs.
 
+These are plain launchers: the op layer (pysteer/ops/__init__.py) validates every
+call, and the registry (pysteer/ops/backends.py) sends here only what the kernels
+take — CUDA tensors, and encode_topk with k <= 256.
+
 Small vectors (biases, thresholds, offsets, scales) go to the kernels in whatever
 float dtype they have. Other conversions are no-ops for inputs that follow the op
-ABI (pysteer/ops/__init__.py) and one small cast otherwise: ``row_index`` int32,
-``coeffs``/``feature_acts``/``values`` fp32, modes int8, ``indices`` int64,
-``dec_rows`` to ``enc_rows``' dtype. Big operands (hidden, weights) must already be
-contiguous CUDA tensors.
+ABI and one small cast otherwise: ``row_index`` int32, ``coeffs``/``feature_acts``/
+``values`` fp32, modes int8, ``indices`` int64, ``dec_rows`` to ``enc_rows``' dtype.
+Big operands (hidden, weights) must already be contiguous tensors on one device.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ import contextlib
 from typing import Optional
 
 import torch
-
-from . import reference
 
 try:
     from pysteer import _C
@@ -38,47 +39,26 @@ __all__ = ["sparse_steer_", "dense_steer_", "encode_topk", "sparse_decode", "DTY
 
 #: dtype -> code understood by the kernels (csrc/include/pysteer/modes.cuh, DType).
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-MAX_TOPK_K = 256
 
 
-def _code(t: torch.Tensor, name: str) -> int:
-    try:
-        return DTYPE_CODES[t.dtype]
-    except KeyError:
-        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}") from None
+def _code(t: torch.Tensor) -> int:
+    return DTYPE_CODES[t.dtype]
 
 
-def _check_cuda(t: torch.Tensor, name: str, device: torch.device) -> None:
-    assert t.is_cuda, f"{name} must be a CUDA tensor, got device {t.device}"
-    assert t.device == device, f"{name} is on {t.device}, expected {device}"
-
-
-def _big(t: torch.Tensor, name: str, device: torch.device) -> torch.Tensor:
-    """A large operand: must already be contiguous on the right device (no hidden copies)."""
-    _check_cuda(t, name, device)
-    assert t.is_contiguous(), f"{name} must be contiguous"
-    return t
-
-
-def _small(t: Optional[torch.Tensor], name: str, device: torch.device,
-           dtype: torch.dtype) -> Optional[torch.Tensor]:
+def _small(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
     """A small operand: cast/copied to ``dtype`` and made contiguous when needed."""
-    if t is None:
-        return None
-    _check_cuda(t, name, device)
-    return t.to(dtype=dtype).contiguous()
+    return None if t is None else t.to(dtype=dtype).contiguous()
 
 
 def _ptr(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def _vec(t: Optional[torch.Tensor], name: str, device: torch.device) -> tuple[Optional[torch.Tensor], int]:
+def _vec(t: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], int]:
     """A small vector in its own dtype: (contiguous tensor to keep alive, dtype code)."""
     if t is None:
         return None, 0
-    _check_cuda(t, name, device)
-    return t.contiguous(), _code(t, name)
+    return t.contiguous(), _code(t)
 
 
 def _stream(device: torch.device) -> int:
@@ -103,30 +83,23 @@ def sparse_steer_(hidden: torch.Tensor, row_index: torch.Tensor, coeffs: torch.T
     [S], ``input_offset`` [D], ``edit_modes`` [S], ``feature_acts`` [T, S] or None.
     """
     dev = hidden.device
-    _big(hidden, "hidden", dev)
     S, D = enc_rows.shape
     T = hidden.numel() // D if D else 0
-    assert hidden.shape[-1] == D, f"hidden's last dim {hidden.shape[-1]} != enc_rows' D {D}"
-    assert row_index.numel() == T, f"row_index has {row_index.numel()} entries for {T} rows"
-    _big(enc_rows, "enc_rows", dev)
     if dec_rows.dtype != enc_rows.dtype:
         dec_rows = dec_rows.to(enc_rows.dtype)
-    _big(dec_rows, "dec_rows", dev)
-    assert tuple(dec_rows.shape) == (S, D), f"dec_rows {tuple(dec_rows.shape)} != {(S, D)}"
-    coeffs = _small(coeffs, "coeffs", dev, torch.float32)
-    assert coeffs.dim() == 2 and coeffs.shape[1] == S, f"coeffs must be [C, {S}]"
-    row_index = _small(row_index, "row_index", dev, torch.int32)
-    enc_bias, enc_bias_code = _vec(enc_bias, "enc_bias", dev)
-    threshold, threshold_code = _vec(threshold, "threshold", dev)
-    input_offset, input_offset_code = _vec(input_offset, "input_offset", dev)
-    edit_modes = _small(edit_modes, "edit_modes", dev, torch.int8)
-    feature_acts = _small(feature_acts, "feature_acts", dev, torch.float32)
+    coeffs = _small(coeffs, torch.float32)
+    row_index = _small(row_index, torch.int32)
+    enc_bias, enc_bias_code = _vec(enc_bias)
+    threshold, threshold_code = _vec(threshold)
+    input_offset, input_offset_code = _vec(input_offset)
+    edit_modes = _small(edit_modes, torch.int8)
+    feature_acts = _small(feature_acts, torch.float32)
     with _on(dev):
         _C.sparse_steer(hidden.data_ptr(), row_index.data_ptr(), coeffs.data_ptr(), coeffs.shape[0],
                         enc_rows.data_ptr(), _ptr(enc_bias), enc_bias_code, _ptr(threshold),
                         threshold_code, dec_rows.data_ptr(), _ptr(input_offset), input_offset_code,
                         edit_modes.data_ptr(), _ptr(feature_acts), T, D, S,
-                        _code(hidden, "hidden"), _code(enc_rows, "enc_rows"), _stream(dev))
+                        _code(hidden), _code(enc_rows), _stream(dev))
 
 
 def dense_steer_(hidden: torch.Tensor, row_index: torch.Tensor, coeffs: torch.Tensor,
@@ -137,20 +110,15 @@ def dense_steer_(hidden: torch.Tensor, row_index: torch.Tensor, coeffs: torch.Te
     ``dense_modes`` [K].
     """
     dev = hidden.device
-    _big(hidden, "hidden", dev)
-    _big(directions, "directions", dev)
     K, D = directions.shape
     T = hidden.numel() // D if D else 0
-    assert hidden.shape[-1] == D, f"hidden's last dim {hidden.shape[-1]} != directions' D {D}"
-    assert row_index.numel() == T, f"row_index has {row_index.numel()} entries for {T} rows"
-    coeffs = _small(coeffs, "coeffs", dev, torch.float32)
-    assert coeffs.dim() == 2 and coeffs.shape[1] == K, f"coeffs must be [C, {K}]"
-    row_index = _small(row_index, "row_index", dev, torch.int32)
-    dense_modes = _small(dense_modes, "dense_modes", dev, torch.int8)
+    coeffs = _small(coeffs, torch.float32)
+    row_index = _small(row_index, torch.int32)
+    dense_modes = _small(dense_modes, torch.int8)
     with _on(dev):
         _C.dense_steer(hidden.data_ptr(), row_index.data_ptr(), coeffs.data_ptr(), coeffs.shape[0],
                        directions.data_ptr(), dense_modes.data_ptr(), T, D, K,
-                       _code(hidden, "hidden"), _code(directions, "directions"), _stream(dev))
+                       _code(hidden), _code(directions), _stream(dev))
 
 
 def encode_topk_workspace_bytes(T: int, D: int, F: int, k: int, weight_dtype: torch.dtype) -> int:
@@ -165,23 +133,17 @@ def encode_topk(x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor,
 
     ``x`` [T, D], ``w_enc`` [D, F], ``b_enc``/``feature_scale`` [F], ``input_offset``
     [D]. Returns (values [T, k] fp32, indices [T, k] int64), values descending.
-    k <= 256 runs fused; larger k falls back to the reference (matmul + torch.topk).
+    1 <= k <= min(F, 256): the registry sends larger k to the reference.
     """
     dev = x.device
-    _check_cuda(x, "x", dev)
-    _big(w_enc, "w_enc", dev)
     D, F = w_enc.shape
-    assert x.shape[-1] == D, f"x's last dim {x.shape[-1]} != w_enc's D {D}"
-    assert 1 <= k <= F, f"k must be in [1, {F}], got {k}"
-    if k > MAX_TOPK_K:  # beyond the kernel's per-row buffers: unfused, still on the GPU
-        return reference.encode_topk(x, w_enc, b_enc, input_offset, feature_scale, k)
     lead = x.shape[:-1]
     x = x.contiguous()
     T = x.numel() // D
-    b_enc, b_enc_code = _vec(b_enc, "b_enc", dev)
-    input_offset, input_offset_code = _vec(input_offset, "input_offset", dev)
-    feature_scale, feature_scale_code = _vec(feature_scale, "feature_scale", dev)
-    w_code = _code(w_enc, "w_enc")
+    b_enc, b_enc_code = _vec(b_enc)
+    input_offset, input_offset_code = _vec(input_offset)
+    feature_scale, feature_scale_code = _vec(feature_scale)
+    w_code = _code(w_enc)
     values = torch.empty((*lead, k), dtype=torch.float32, device=dev)
     indices = torch.empty((*lead, k), dtype=torch.int64, device=dev)
     nbytes = _C.encode_topk_workspace_bytes(T, D, F, k, w_code)
@@ -189,7 +151,7 @@ def encode_topk(x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor,
     with _on(dev):
         _C.encode_topk(x.data_ptr(), w_enc.data_ptr(), _ptr(b_enc), b_enc_code, _ptr(input_offset),
                        input_offset_code, _ptr(feature_scale), feature_scale_code, values.data_ptr(), indices.data_ptr(),
-                       workspace.data_ptr(), nbytes, T, D, F, k, _code(x, "x"), w_code,
+                       workspace.data_ptr(), nbytes, T, D, F, k, _code(x), w_code,
                        _stream(dev))
     return values, indices
 
@@ -203,25 +165,20 @@ def sparse_decode(values: torch.Tensor, indices: torch.Tensor, w_dec: torch.Tens
     ``residual`` [T, D]. Output dtype: ``residual``'s if given, else ``w_dec``'s.
     """
     dev = w_dec.device
-    _big(w_dec, "w_dec", dev)
     F, D = w_dec.shape
-    assert values.shape == indices.shape, f"values {tuple(values.shape)} != indices {tuple(indices.shape)}"
     lead = values.shape[:-1]
     k = values.shape[-1] if values.dim() else 0
     T = values.numel() // k if k else int(torch.Size(lead).numel())
-    values = _small(values, "values", dev, torch.float32)
-    indices = _small(indices, "indices", dev, torch.int64)
-    bias, bias_code = _vec(bias, "bias", dev)
+    values = _small(values, torch.float32)
+    indices = _small(indices, torch.int64)
+    bias, bias_code = _vec(bias)
     if residual is not None:
-        _check_cuda(residual, "residual", dev)
-        assert residual.shape[-1] == D and residual.numel() == T * D, \
-            f"residual {tuple(residual.shape)} does not match [{T}, {D}]"
         residual = residual.contiguous()
         out = torch.empty_like(residual)
     else:
         out = torch.empty((*lead, D), dtype=w_dec.dtype, device=dev)
     with _on(dev):
         _C.sparse_decode(values.data_ptr(), indices.data_ptr(), w_dec.data_ptr(), _ptr(bias), bias_code,
-                         _ptr(residual), out.data_ptr(), T, k, F, D, _code(w_dec, "w_dec"),
-                         _code(out, "residual" if residual is not None else "w_dec"), _stream(dev))
+                         _ptr(residual), out.data_ptr(), T, k, F, D, _code(w_dec), _code(out),
+                         _stream(dev))
     return out

@@ -3,7 +3,9 @@
 These are the CPU path and the oracle every kernel is tested against. They favour
 clarity over speed but never change the math: all accumulation is in fp32 and the
 result is rounded to the hidden dtype once, so a row that is left alone
-(``row_index == -1``) comes back bit-identical.
+(``row_index == -1``) comes back bit-identical. Rows never mix: a NaN in one
+``hidden`` row spreads over that row only, and every other row comes back exactly
+as it would without it.
 
 Shapes (T tokens, D = d_model, S selected features, K dense directions,
 C configurations, F = d_sae, k = top-k width):

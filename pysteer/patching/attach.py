@@ -121,12 +121,14 @@ class Steering:
         if isinstance(tables, torch.Tensor):
             tables = [tables]
         spec = self.spec.with_coefficients(list(tables))  # validates shapes and finiteness
+        rows = self.state.host_rows
+        if rows is not None and max(rows) >= spec.n_configs:
+            raise SteeringSpecError(f"the rows name configuration {max(rows)} but the new tables have "
+                                    f"{spec.n_configs}: set_rows(...) first (nothing was changed)")
         for compiled, iv in zip(self._compiled, spec.interventions):
             compiled.set_coefficients(iv.coefficients)
         self.spec = spec
         self.state.n_configs = spec.n_configs
-        if self.state.host_rows is not None:
-            self.set_rows(self.state.host_rows)  # rows naming a configuration that is gone fail here
 
     @contextlib.contextmanager
     def unsteered(self) -> Iterator["Steering"]:
@@ -178,6 +180,9 @@ class Steering:
         configs = [int(c) for c in configs]
         if not configs:
             raise SteeringSpecError("generate_configs needs at least one configuration")
+        if generate_kwargs.pop("do_sample", False):
+            raise SteeringSpecError("generate_configs decodes greedily (do_sample=False): sampled rows "
+                                    "could not be compared across configurations")
         n, prompts = len(configs), int(input_ids.shape[0])
         ids, mask = input_ids.repeat(n, 1), attention_mask.repeat(n, 1)
         self.set_rows([c for c in configs for _ in range(prompts)])

@@ -28,7 +28,6 @@ from transformers.cache_utils import Cache
 
 from .. import ops
 from ..errors import SteeringSpecError
-from ..sae import architecture_named
 from ..spec import DenseIntervention, SparseIntervention
 from .families import layer_hidden
 
@@ -143,11 +142,13 @@ class SteeringState:
         return ForwardPlan(index.reshape(-1).to(torch.int32).contiguous(), steered_tokens)
 
     def _host_span(self, layer_index: int, seq: int, cache: Optional[Cache]) -> Optional[tuple[bool, bool]]:
-        """(the call holds only prompt positions, only generated ones), when a dynamic cache's
-        length tells the call's padded positions for free; None when only the device knows."""
-        if cache is None or self.prompt_width is None or torch.compiler.is_compiling():
+        """(the call holds only prompt positions, only generated ones), when the host knows the
+        call's padded positions for free; None when only the device knows."""
+        if self.prompt_width is None or torch.compiler.is_compiling():
             return None
-        start = cache.get_seq_length(layer_index)  # an int (a shape) for dynamic caches, a tensor for static ones
+        # No cache: nothing came before this call. A dynamic cache's length is an int (a
+        # shape); a static cache's is a tensor, which only the device knows.
+        start = 0 if cache is None else cache.get_seq_length(layer_index)
         if not isinstance(start, int):
             return None
         return start + seq <= self.prompt_width, start >= self.prompt_width
@@ -174,8 +175,7 @@ class _CompiledSparse(nn.Module):
                    "dec_rows": iv.dec_rows.to(**as_weight),
                    "input_offset": iv.input_offset.to(**as_weight),
                    "edit_modes": torch.tensor([int(e) for e in iv.edits], dtype=torch.int8, device=device)}
-        self.arch = architecture_named(iv.architecture)
-        self.feature_scale = None
+        self.arch = iv.arch
         if self.arch.needs_full_encode:
             sae = iv.sae
             self.k = int(sae.k)
@@ -190,6 +190,8 @@ class _CompiledSparse(nn.Module):
                 buffers["feature_scale"] = sae.feature_scale.to(device=device, dtype=torch.float32)
         for name, tensor in buffers.items():
             self.register_buffer(name, tensor.contiguous(), persistent=False)
+        if not hasattr(self, "feature_scale"):
+            self.feature_scale = None
         # Validate the weights once here; each call then only checks the hidden states.
         empty = torch.empty(0, self.dec_rows.shape[1], device=device, dtype=dtype)
         ops.check_sparse_steer_args(empty, torch.empty(0, dtype=torch.int32, device=device),

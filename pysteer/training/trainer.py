@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .. import ops
 from ..sae import SAE
 from .errors import TrainingError
 
@@ -143,7 +144,10 @@ class TopKTrainer:
         return pre, values.relu(), indices
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Σ_j values_j · W_dec[indices_j] (no bias) — never forms the [B, F] activations."""
+        """Σ_j values_j · W_dec[indices_j] (no bias) — never forms the [B, F] activations.
+
+        Differentiable, for training; :meth:`evaluate` (no gradients) decodes with the
+        ``sparse_decode`` kernel instead."""
         return F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -202,7 +206,8 @@ class TopKTrainer:
         hats, nonzero = [], []
         for lo in range(0, x_raw.shape[0], chunk):
             x = self.scale * x_raw[lo:lo + chunk].to(self.device, torch.float32)
-            x_hat, _, values, _ = self.forward(x)
+            _, values, indices = self.encode_topk(x)
+            x_hat = ops.sparse_decode(values, indices, self.W_dec, bias=self.b_dec)
             hats.append((x_hat / self.scale).cpu())
             nonzero.append((values > 0).sum(-1).cpu())
         return reconstruction_metrics(x_raw.cpu(), torch.cat(hats), torch.cat(nonzero))

@@ -157,6 +157,7 @@ class BatchedObjective(_SteeringObjective):
         if self._steering is None or not self._steering.attached:
             self._steering = steer(self.model, self.space.template.with_coefficients(tables))
         else:
+            self._steering.set_rows(None)  # the last round's rows may name more candidates
             self._steering.set_coefficients(tables)
         return self._steering
 
