@@ -9,6 +9,9 @@ times, with 30 of its features steered (15 add, 15 set):
   token is steered, so a TopK SAE has nothing to encode;
 - ``generate``: a greedy generation with ``positions="generated"`` (prefill + decode).
 
+``--d-sae N`` steers a random TopK SAE of N latents instead (a real model's SAE width, where
+the encode is a visible share of the layer's work).
+
 Runs alternate between the trees (A B A B ...) so drift on a shared machine hits both;
 medians over runs of each run's median are reported, with the ratio new / old.
 
@@ -32,18 +35,21 @@ HERE = Path(__file__).resolve().parent
 CASES = ("prompt_pass_unsteered", "prompt_pass_all", "prompt_pass_generated", "generate_generated")
 
 
-def measure(batch: int, prompt_tokens: int, new_tokens: int, reps: int, threads: int) -> dict:
+def measure(batch: int, prompt_tokens: int, new_tokens: int, reps: int, threads: int, d_sae: int) -> dict:
     import torch
 
     import pysteer
     from pysteer.models import load_model, shipped_sae_dir
+    from pysteer.sae import random_sae
 
     torch.set_num_threads(threads)
     model, _ = load_model()
-    sae_dir = shipped_sae_dir(15)
+    # The shipped SAE (4096 latents), or a random TopK SAE of a real model's width, whose
+    # encode is a visible share of the layer's work.
+    sae = str(shipped_sae_dir(15)) if not d_sae else random_sae(model.config.hidden_size, d_sae, "topk", k=64, seed=0)
     features = list(range(0, 300, 10))
     table = [[4.0] * 15 + [1.0] * 15]
-    iv = pysteer.SparseIntervention.from_sae(str(sae_dir), features, table, ["add"] * 15 + ["set"] * 15, layer=15)
+    iv = pysteer.SparseIntervention.from_sae(sae, features, table, ["add"] * 15 + ["set"] * 15, layer=15)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(100, 40000, (batch, prompt_tokens), generator=gen)
     mask = torch.ones_like(ids)
@@ -88,11 +94,12 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--reps", type=int, default=5, help="timed calls per case in a run (default 5)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--d-sae", type=int, default=0, help="a random TopK SAE of this width (default 0: the shipped SAE)")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # a child run
     args = ap.parse_args()
     sizes = dict(batch=args.batch, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, reps=args.reps,
-                 threads=args.threads)
+                 threads=args.threads, d_sae=args.d_sae)
     if args.measure:
         print(json.dumps(measure(**sizes)))
         return
@@ -123,12 +130,15 @@ def main() -> None:
                      "new_over_old": round(new / old, 3),
                      "old_runs_ms": [round(r[case], 2) for r in runs["old"]],
                      "new_runs_ms": [round(r[case], 2) for r in runs["new"]]})
-    path = save_rows("steering_ab", rows, "cpu", args.out)
+    name = "steering_ab" if not args.d_sae else f"steering_ab_dsae{args.d_sae}"
+    path = save_rows(name, rows, "cpu", args.out)
     info = device_info("cpu")
     lines = [f"# Steered SmolLM2 passes: {info.get('git_commit', 'this tree')} against {rows[0]['old_commit']}", "",
              f"{info.get('device_name', 'cpu')}, torch {info.get('torch')}, {args.threads} threads; batch {args.batch} × "
-             f"{args.prompt_tokens} prompt tokens, {args.new_tokens} new tokens; shipped TopK SAE (layer 15), "
-             f"30 features; medians of {args.runs} alternating runs × {args.reps} calls.", "",
+             f"{args.prompt_tokens} prompt tokens, {args.new_tokens} new tokens; "
+             + ("the shipped TopK SAE (4096 latents, layer 15)" if not args.d_sae else
+                f"a random TopK SAE ({args.d_sae} latents, k 64, layer 15)")
+             + f", 30 features; medians of {args.runs} alternating runs × {args.reps} calls.", "",
              "| case | old ms | new ms | new / old |", "|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['old_ms']} | {r['new_ms']} | {r['new_over_old']} |" for r in rows]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")

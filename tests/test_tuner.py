@@ -231,6 +231,34 @@ def test_batched_evaluation_equals_sequential(chat):
     assert len({tuple(r["responses"]) for r in batched}) > 1
 
 
+def test_an_open_objective_attaches_once_and_later_rounds_copy_no_weights(chat, monkeypatch):
+    import pysteer.patching.attach as attach
+    from pysteer.patching import SteeredLayer, decoder_layers
+
+    model, tokenizer, prompts = chat
+    space = search_space(_spec(("add", "add", "set", "scale")))
+    compiled_calls = []
+    original = attach.compile_intervention
+    monkeypatch.setattr(attach, "compile_intervention", lambda *a: compiled_calls.append(1) or original(*a))
+    objective = BatchedObjective(model, tokenizer, space, prompts[:2], max_new_tokens=4)
+    with objective:
+        first = objective.evaluate(_candidates_for(space, 3, seed=1))
+        layer = decoder_layers(model)[STEERED_LAYER]
+        buffers = dict(layer.interventions[0].named_buffers())
+        second = objective.evaluate(_candidates_for(space, 3, seed=2))
+        assert decoder_layers(model)[STEERED_LAYER] is layer  # the same steered layer, still attached
+        assert all(buf is buffers[name] for name, buf in layer.interventions[0].named_buffers())
+        fewer = objective.evaluate(_candidates_for(space, 2, seed=3))  # another q: only coeffs is new
+        assert all(buf is buffers[name] for name, buf in layer.interventions[0].named_buffers() if name != "coeffs")
+    assert compiled_calls == [1]  # one attach for the three rounds
+    assert not isinstance(decoder_layers(model)[STEERED_LAYER], SteeredLayer)  # closed: detached
+    assert len(first) == len(second) == 3 and len(fewer) == 2
+    # Writing new tables in place gives what a fresh attach gives.
+    fresh = BatchedObjective(model, tokenizer, space, prompts[:2], max_new_tokens=4).evaluate(_candidates_for(space, 3, seed=2))
+    assert [r["responses"] for r in fresh] == [r["responses"] for r in second]
+    assert not isinstance(decoder_layers(model)[STEERED_LAYER], SteeredLayer)  # not opened: detached after
+
+
 def test_minibatches_cycle_reproducibly(chat):
     model, tokenizer, prompts = chat
     objective = BatchedObjective(model, tokenizer, _spec(("add", "add")), prompts, minibatch=2, seed=3)
