@@ -232,8 +232,11 @@ def test_batched_evaluation_equals_sequential(chat):
 
 
 def test_an_open_objective_attaches_once_and_later_rounds_copy_no_weights(chat, monkeypatch):
-    import pysteer.patching.attach as attach
+    import importlib
+
     from pysteer.patching import SteeredLayer, decoder_layers
+
+    attach = importlib.import_module("pysteer.patching.attach")  # the module: pysteer.patching.attach is the function
 
     model, tokenizer, prompts = chat
     space = search_space(_spec(("add", "add", "set", "scale")))
