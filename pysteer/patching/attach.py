@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import ops
 from ..errors import SteeringSpecError
-from ..spec import SteeringSpec
+from ..spec import SparseIntervention, SteeringSpec
 from .families import decoder_layers, model_facts
 from .scored_generation import generate_and_score
 from .shared_prefill import can_share_prefill, generate_with_shared_prefill
@@ -94,6 +94,8 @@ class Steering:
             self._originals[index] = layers[index]
             layers[index] = SteeredLayer(layers[index], index, compiled, self.state)
         self.state.first_layer, self.state.last_layer = min(by_layer), max(by_layer)
+        self.state.wants_steered_tokens = any(iv.arch.needs_full_encode for iv in spec.interventions
+                                              if isinstance(iv, SparseIntervention))
         self.set_rows(rows)
         self.set_prompt_length(prompt_length)
 

@@ -66,6 +66,7 @@ class SteeringState:
         self.prompt_lengths: Optional[Tensor] = None  # int64 [B] or [1] on the model's device
         self.prompt_width: Optional[int] = None
         self.first_layer = self.last_layer = -1       # set by Steering: who plans, who clears
+        self.wants_steered_tokens = False             # set by Steering: some intervention encodes the full SAE
         self._plan: Any = _NO_PLAN
 
     def set_rows(self, rows: "Sequence[int] | Tensor | None", device: torch.device) -> None:
@@ -134,7 +135,7 @@ class SteeringState:
         if not whole_call_kept:
             index = torch.where(self._kept_positions(batch, seq, position_ids), index, -1)
         steered_tokens = None
-        if whole_call_kept and host_rows is not None and min(host_rows) < 0:
+        if self.wants_steered_tokens and whole_call_kept and host_rows is not None and min(host_rows) < 0:
             # Only some rows are steered and the host knows which: a TopK SAE need not
             # encode the others (built on the host, so no sync).
             steered_tokens = torch.tensor([b * seq + t for b, r in enumerate(host_rows) if r >= 0
@@ -160,7 +161,7 @@ class SteeringState:
         lengths = self.prompt_lengths
         if lengths.shape[0] not in (1, batch):
             raise SteeringSpecError(f"the prompt lengths name {lengths.shape[0]} rows but the batch has {batch}")
-        in_prompt = position_ids.view(-1, seq) < lengths.unsqueeze(1)
+        in_prompt = position_ids.reshape(-1, seq) < lengths.unsqueeze(1)
         keep = in_prompt if self.positions == "prompt" else ~in_prompt
         return keep.expand(batch, seq)
 
