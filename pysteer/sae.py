@@ -250,7 +250,7 @@ def feature_indices(features: Any) -> list[int]:
     return [integer_index(entry, f"features[{n}]") for n, entry in enumerate(features)]
 
 
-@dataclass
+@dataclass(repr=False)
 class SAE:
     """A residual-stream SAE in sae-lens orientation.
 
@@ -284,6 +284,18 @@ class SAE:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def __repr__(self) -> str:
+        arch = f"{self.architecture} k={self.k}" if self.k is not None else self.architecture
+        facts = [arch, f"d_in={self.d_in}", f"d_sae={self.d_sae}", str(self.dtype).removeprefix("torch."),
+                 str(self.device)]
+        if self.hook_name:
+            facts.append(f"hook={self.hook_name!r}")
+        if self.model_name:
+            facts.append(f"model={self.model_name!r}")
+        if self.source != "<memory>":
+            facts.append(f"source={self.source!r}")
+        return f"SAE({', '.join(facts)})"
 
     # ------------------------------------------------------------------ shape facts
     @property

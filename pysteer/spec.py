@@ -103,7 +103,21 @@ def _edits(edits: Any, width: int, parse, what: str) -> list:
     return edits
 
 
-@dataclass
+def _edit_counts(edits: Sequence[Any]) -> str:
+    """"add×5, project×1": what the edits do, without listing every feature."""
+    counts: dict[str, int] = {}
+    for edit in edits:
+        name = getattr(edit, "name", str(edit)).lower()
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name}×{n}" for name, n in counts.items())
+
+
+def _first(items: Sequence[Any], n: int = 6) -> str:
+    shown = ", ".join(str(x) for x in items[:n])
+    return f"[{shown}{', …' if len(items) > n else ''}]"
+
+
+@dataclass(repr=False)
 class SparseIntervention:
     """Edit selected SAE features at one layer.
 
@@ -192,8 +206,14 @@ class SparseIntervention:
     def width(self) -> int:
         return len(self.features)
 
+    def __repr__(self) -> str:
+        sae = f", sae={self.sae_path!r}" if self.sae_path else ""
+        return (f"SparseIntervention(layer={self.layer}, {self.architecture}, {self.width} feature(s) "
+                f"{_first(self.features)}, {_edit_counts(self.edits)}, "
+                f"{self.coefficients.shape[0]} config(s), d_sae={self.d_sae}{sae})")
 
-@dataclass
+
+@dataclass(repr=False)
 class DenseIntervention:
     """Add or project dense directions ``directions`` [K, D] at one layer."""
 
@@ -230,11 +250,15 @@ class DenseIntervention:
     def width(self) -> int:
         return self.directions.shape[0]
 
+    def __repr__(self) -> str:
+        return (f"DenseIntervention(layer={self.layer}, {self.width} direction(s) of d_model "
+                f"{self.d_model}, {_edit_counts(self.edits)}, {self.coefficients.shape[0]} config(s))")
+
 
 Intervention = Union[SparseIntervention, DenseIntervention]
 
 
-@dataclass
+@dataclass(repr=False)
 class SteeringSpec:
     """Interventions + which positions they apply to + the model they were made for."""
 
@@ -257,6 +281,15 @@ class SteeringSpec:
         widths = {iv.d_model for iv in self.interventions}
         if len(widths) != 1:
             raise SteeringSpecError(f"interventions disagree on d_model: {sorted(widths)}")
+
+    def __repr__(self) -> str:
+        name = self.model.get("name")
+        head = (f"SteeringSpec(positions={self.positions!r}, {self.n_configs} config(s)"
+                + (f", model={name!r}" if name else ""))
+        if len(self.interventions) == 1:
+            return f"{head}, {self.interventions[0]!r})"
+        body = "".join(f"\n  {iv!r}," for iv in self.interventions)
+        return f"{head},{body}\n)"
 
     @property
     def n_configs(self) -> int:

@@ -5,6 +5,7 @@ interpreter switch must be set before anything imports triton: on a machine with
 a GPU every Triton kernel then runs on CPU tensors through ``TRITON_INTERPRET=1``.
 """
 
+import logging
 import os
 
 import torch
@@ -19,7 +20,8 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 @pytest.fixture(scope="session")
 def smollm2():
-    """(SmolLM2-135M-Instruct, tokenizer), loaded once per session (~30 s on CPU).
+    """(SmolLM2-135M-Instruct, tokenizer), loaded once per session (a few seconds from the model cache;
+    the first load on a machine converts the GGUF, ~20 s).
 
     Shared by every test that needs the real model; tests must leave it unsteered
     (attach steering only inside ``with pysteer.steer(...)``).
@@ -30,3 +32,31 @@ def smollm2():
         return load_model()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
+
+
+class _DeprecationLog(logging.Handler):
+    """Transformers reports some deprecations through its logger (``warning_once``), not the
+    ``warnings`` module, so pytest's ``filterwarnings = error`` cannot see them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecat" in message.lower():
+            self.messages.append(message)
+
+
+_deprecations = _DeprecationLog()
+logging.getLogger("transformers").addHandler(_deprecations)
+
+
+@pytest.fixture(autouse=True)
+def no_deprecated_transformers_api():
+    """Fail the test in which pysteer used an API transformers logs as deprecated (the
+    ``warnings``-module deprecations are errors through pyproject's ``filterwarnings``)."""
+    before = len(_deprecations.messages)
+    yield
+    new = _deprecations.messages[before:]
+    assert not new, f"transformers logged a deprecation during this test: {new}"

@@ -328,3 +328,26 @@ def test_stacked_rows_equal_each_spec_alone():
         for m, name in enumerate(names):
             with pysteer.steer(model, specs[name]):
                 assert torch.equal(rows[m], model(ids).logits), name
+
+
+def test_reprs_are_short_and_name_what_matters():
+    """Printing an SAE or a spec shows its shape facts in a line, not kilobytes of tensors."""
+    sae = random_sae(d_in=64, d_sae=4096, architecture="topk", k=8, seed=0)
+    shown = repr(sae)
+    assert len(shown) < 200 and "topk k=8" in shown and "d_in=64" in shown and "d_sae=4096" in shown
+    assert "tensor" not in shown
+    sparse = SparseIntervention.from_sae(sae, list(range(40)), torch.ones(3, 40), layer=2)
+    dense = DenseIntervention(layer=1, directions=torch.randn(2, 64), coefficients=[[1.0, -1.0]],
+                              edits=["add", "add"])
+    for text, facts in [(repr(sparse), ["layer=2", "40 feature(s)", "[0, 1, 2, 3, 4, 5, …]", "add×40",
+                                        "3 config(s)", "d_sae=4096"]),
+                        (repr(dense), ["layer=1", "2 direction(s)", "d_model 64", "add×2", "1 config(s)"])]:
+        assert len(text) < 200 and "tensor" not in text
+        for fact in facts:
+            assert fact in text, (fact, text)
+    spec = SteeringSpec([sparse], positions="generated", model={"name": "tiny"})
+    assert repr(spec).startswith("SteeringSpec(positions='generated', 3 config(s), model='tiny', "
+                                 "SparseIntervention(")
+    both = repr(SteeringSpec([dense, DenseIntervention(layer=3, directions=torch.randn(64),
+                                                       coefficients=[[0.5]])]))
+    assert both.count("\n") == 3 and len(both) < 400
