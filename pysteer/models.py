@@ -15,10 +15,11 @@ directory per layer::
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -153,11 +154,27 @@ def load_model(name_or_path: "str | os.PathLike | None" = None, dtype: torch.dty
 
     directory = model_directory(name_or_path)
     tokenizer = load_tokenizer(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+    with _no_progress_bars():
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
     model = model.to(device).eval()
     model.config.name_or_path = model_name(name_or_path)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Reading safetensors takes about a second; a progress bar per load is only noise on
+    every command's stderr (the one slow step, the first conversion, says what it does)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
