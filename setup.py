@@ -1,4 +1,4 @@
-"""Build script for pysteer.
+"""Build script for pysteer (its metadata and dependencies are in pyproject.toml).
 
 The pure-Python package always installs. When a CUDA compiler is found, the fused
 kernels in csrc/ are built by CMake into the extension ``pysteer._C``; a failure of
@@ -122,35 +122,12 @@ def _ext_modules() -> list[Extension]:
     return [CMakeExtension("pysteer._C", ROOT)]
 
 
-TEST = ["pytest", "sae-lens", "botorch", "matplotlib", "triton"]
-
+# Name, version, dependencies, extras and the console script are in pyproject.toml.
 setup(
-    name="pysteer",
-    version="0.1.0",
-    description="Steer LLM activations by editing sparse-autoencoder features, with fused kernels",
-    python_requires=">=3.10",
     packages=find_packages(include=["pysteer", "pysteer.*"]) + ["pysteer.triton_kernels"],
     package_dir={"pysteer.triton_kernels": "triton_kernels"},
     package_data={"pysteer": ["data/**/*.json", "data/**/*.jsonl", "data/**/*.safetensors"]},
     include_package_data=True,
-    install_requires=[
-        "torch>=2.4",
-        "transformers>=5.24",
-        "safetensors",
-        "tqdm",
-        "numpy",
-        "gguf",
-        "accelerate",
-        "huggingface_hub",
-    ],
-    extras_require={
-        "triton": ["triton"],
-        "tune": ["botorch", "matplotlib"],
-        "sae-lens": ["sae-lens"],
-        "test": TEST,
-        "dev": TEST,
-    },
-    entry_points={"console_scripts": ["pysteer = pysteer.cli:main"]},
     ext_modules=_ext_modules(),
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

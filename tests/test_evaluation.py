@@ -14,6 +14,7 @@ from pysteer.evaluation import (INSTRUCTIONS, CheckerUnavailableError, EvalPromp
                                 load_prompts_jsonl, response_perplexity, reward, score_responses,
                                 stopword_language)
 from pysteer.evaluation import cli as eval_cli
+from pysteer.cliargs import UsageError
 from pysteer.evaluation.ifbench import ifbench_checkers_available, ifbench_instruction_ids
 from pysteer.evaluation.text import count_sentences
 
@@ -331,7 +332,7 @@ def test_cli_eval_end_to_end(tiny, tmp_path, capsys):
     with pytest.raises(FileExistsError, match="--overwrite"):
         args.run(_parser().parse_args(argv))
     bad = _parser().parse_args(argv[:-2] + ["--config", "5", "--out", str(tmp_path / "other.json")])
-    with pytest.raises(EvaluationError, match="--config 5 is out of range"):
+    with pytest.raises(UsageError, match="--config 5 is out of range"):
         bad.run(bad)
 
 

@@ -16,7 +16,7 @@ from pysteer.discovery.prompts import VARIANTS, instruction_variants
 from pysteer.evaluation import builtin_prompts, generate_responses, score_responses
 from pysteer.experiment import (INSTRUCTION_TYPES, TYPE_NAMES, Budget, ExperimentError, discovery_queries,
                                 evaluate, run_experiment, stack_specs, targets, write_report)
-from pysteer.experiment import cli as demo_cli
+from pysteer.experiment import pipeline
 from pysteer.sae import random_sae
 
 TOY = Budget(n_pairs=2, n_contents=2, pair_max_new_tokens=6, tune_rounds=2, tune_q=2, tune_minibatch=2,
@@ -169,7 +169,15 @@ def test_evaluate_equals_plain_and_single_spec_generation(chat):
                                      instruction_in_prompt=with_instruction)
             assert cells[method]["ifr_loose"] == report.ifr_loose and cells[method]["oq"] == pytest.approx(report.oq)
             assert cells[method]["mean_perplexity"] == pytest.approx(report.mean_perplexity, rel=1e-4)
-        assert [e["prompt"] for e in cells["dm"]["examples"]] == texts[:2]
+        # the examples: the best and the worst case, the same prompts for every label
+        examples = cells["dm"]["examples"]
+        assert [e["case"] for e in examples] == ["best", "worst"]
+        keys = [p.key for p in prompts]
+        for label, cell in cells.items():
+            assert [e["key"] for e in cell["examples"]] == [e["key"] for e in examples]
+            for e in cell["examples"]:
+                assert e["prompt"] == texts[keys.index(e["key"])]
+                assert e["response"] == cell["responses"][keys.index(e["key"])]
     # nothing stays attached: the model is as before
     assert generate_responses(model, tokenizer, [prompts[0].prompt], max_new_tokens=6) == \
         [result["settings"]["instruction"]["unsteered"]["responses"][0]]
@@ -218,7 +226,7 @@ def test_run_experiment_writes_specs_that_load_back(chat, tmp_path):
     assert "responses" not in cell and len(cell["examples"]) == 2
     assert json.loads((tmp_path / "r" / "results.json").read_text())["rows"] == written["rows"]
     table = (tmp_path / "r" / "results.md").read_text()
-    header = "| prompt | unsteered | diff-means | saif | concise |"
+    header = "| case | prompt | unsteered | diff-means | saif | concise |"
     assert table.count(header) == 2 and "Describe the sun." in table
 
 
@@ -254,13 +262,14 @@ def test_demo_cli_end_to_end_on_a_tiny_model(chat, tmp_path, capsys, monkeypatch
     model, tokenizer = chat
     model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
-    monkeypatch.setitem(demo_cli.BUDGETS, "demo", lambda: TOY)
+    monkeypatch.setitem(pipeline.BUDGETS, "demo", lambda: TOY)
     sae = _sae(tmp_path)
     argv = ["demo", "--model", str(tmp_path / "tiny"), "--sae", sae.source, "--out", str(tmp_path / "out"),
             "--methods", "diff-means", "saif", "--types", "uppercase", "--quiet"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "uppercase  diff-means" in printed and "steered by saif" in printed
+    assert "uppercase  diff-means" in printed
+    assert "[uppercase] best case, without the instruction" in printed and "\n  saif " in printed
     assert f"{tmp_path / 'out' / 'uppercase' / 'diff-means'}" in printed
     SteeringSpec.load(tmp_path / "out" / "uppercase" / "saif")
     assert (tmp_path / "out" / "results.md").is_file()

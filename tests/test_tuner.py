@@ -326,8 +326,11 @@ def test_cli_tune_runs_and_resumes(chat, tmp_path, capsys):
     assert args.run(args) == 0  # resumes: one more round
     assert History.load(tmp_path / "out" / "history.json").rounds_done == 3
 
-    for bad, message in ((["--weights", "ifr=x"], "NAME=NUMBER"), (["--bounds=3,-3"], "below HI"),
-                         (["--prompts", str(tmp_path / "nope.jsonl")], "no such file")):
-        args = parser.parse_args(argv + bad)
-        with pytest.raises(TunerError, match=message):
-            args.run(args)
+    for bad, message in ((["--weights", "ifr=x"], "argument --weights: 'ifr=x' is not NAME=NUMBER"),
+                         (["--bounds=3,-3"], "argument --bounds: LO must be below HI")):
+        with pytest.raises(SystemExit) as exit_info:  # refused while parsing: status 2, the flag named
+            parser.parse_args(argv + bad)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    args = parser.parse_args(argv + ["--prompts", str(tmp_path / "nope.jsonl")])
+    with pytest.raises(TunerError, match="no such file"):
+        args.run(args)

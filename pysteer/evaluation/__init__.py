@@ -11,19 +11,30 @@
     print(report.ifr_loose, report.rr, report.oq, reward(report))
 """
 
-from .checkers import INSTRUCTIONS, check_instruction, is_known, loose_variants
-from .errors import CheckerUnavailableError, EvaluationError, PromptFileError
-from .generation import (generate_for_configs, generate_ids_with_perplexity, generate_responses,
-                         generate_with_perplexity)
-from .metrics import (DEFAULT_PPL_REF, DEFAULT_WEIGHTS, EvalReport, ResponseScore, degeneration,
-                      is_refusal_or_empty, response_perplexity, reward, score_responses)
-from .prompts import EvalPrompt, builtin_instruction_ids, builtin_prompts, ifbench_prompts, load_prompts_jsonl
-from .text import detect_language, stopword_language
+from typing import TYPE_CHECKING
 
-__all__ = ["INSTRUCTIONS", "check_instruction", "is_known", "loose_variants", "EvaluationError",
-           "PromptFileError", "CheckerUnavailableError", "generate_responses", "generate_with_perplexity",
-           "generate_ids_with_perplexity", "generate_for_configs", "EvalReport",
-           "ResponseScore", "degeneration", "is_refusal_or_empty", "response_perplexity", "reward",
-           "score_responses", "DEFAULT_PPL_REF", "DEFAULT_WEIGHTS", "EvalPrompt", "builtin_prompts",
-           "builtin_instruction_ids", "ifbench_prompts", "load_prompts_jsonl", "detect_language",
-           "stopword_language"]
+from .._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".checkers": ("INSTRUCTIONS", "check_instruction", "is_known", "loose_variants"),
+    ".defaults": ("DEFAULT_PPL_REF", "DEFAULT_WEIGHTS"),
+    ".errors": ("EvaluationError", "PromptFileError", "CheckerUnavailableError"),
+    ".generation": ("generate_responses", "generate_with_perplexity", "generate_ids_with_perplexity",
+                    "generate_for_configs"),
+    ".metrics": ("EvalReport", "ResponseScore", "degeneration", "is_refusal_or_empty", "response_perplexity",
+                 "reward", "score_responses"),
+    ".prompts": ("EvalPrompt", "builtin_prompts", "builtin_instruction_ids", "ifbench_prompts",
+                 "load_prompts_jsonl"),
+    ".text": ("detect_language", "stopword_language"),
+})
+
+if TYPE_CHECKING:
+    from .checkers import INSTRUCTIONS, check_instruction, is_known, loose_variants
+    from .defaults import DEFAULT_PPL_REF, DEFAULT_WEIGHTS
+    from .errors import CheckerUnavailableError, EvaluationError, PromptFileError
+    from .generation import (generate_for_configs, generate_ids_with_perplexity, generate_responses,
+                             generate_with_perplexity)
+    from .metrics import (EvalReport, ResponseScore, degeneration, is_refusal_or_empty, response_perplexity,
+                          reward, score_responses)
+    from .prompts import EvalPrompt, builtin_instruction_ids, builtin_prompts, ifbench_prompts, load_prompts_jsonl
+    from .text import detect_language, stopword_language

@@ -2,19 +2,42 @@
 
     pysteer eval --prompts builtin --split heldout --max-new-tokens 64 --out report.json
     pysteer eval --prompts my_prompts.jsonl --steering my_steering --config 2 --no-instruction
+    pysteer eval --instruction lowercase --steering lowercase_dm      # the lowercase prompts only
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import torch
-
+from ..cliargs import (UsageError, add_command, add_model_arguments, check_out_file,
+                       load_steering, model_shape, nonnegative_int, positive_float, positive_int, prepare_run,
+                       torch_dtype)
+from ..experiment.instructions import INSTRUCTION_RULE, resolve_instruction
 from ..fileio import write_json_atomic
+from .defaults import DEFAULT_PPL_REF
 from .errors import CheckerUnavailableError, EvaluationError
-from .metrics import DEFAULT_PPL_REF, EvalReport, reward
+
+if TYPE_CHECKING:
+    from .metrics import EvalReport
+
+INSTRUCTION_FILTER_HELP = (f"keep only prompts with this instruction (repeatable): {INSTRUCTION_RULE}; "
+                           f"any other value is an IFEval instruction id")
+
+
+def instruction_ids(values: Optional[Sequence[str]]) -> Optional[list[str]]:
+    """``--instruction`` values of ``eval`` / ``tune`` as instruction ids (see INSTRUCTION_FILTER_HELP)."""
+    if not values:
+        return None
+    ids = []
+    for value in values:
+        instruction = resolve_instruction(value)
+        if instruction.name is not None and instruction.instruction_id is None:
+            raise UsageError(f"--instruction {value}: the built-in instruction {instruction.name!r} has no "
+                             f"checker, so no prompts; give an IFEval instruction id")
+        ids.append(instruction.instruction_id or instruction.text)
+    return ids
 
 
 def _load_prompts(args: argparse.Namespace) -> list:
@@ -52,8 +75,10 @@ def _check_checkable(prompts: list) -> None:
                                           f"cannot run here: {reason}")
 
 
-def format_report(report: EvalReport) -> str:
+def format_report(report: "EvalReport") -> str:
     """A plain-text table: IFR strict/loose per instruction type, then the overall line."""
+    from .metrics import reward
+
     width = max([len("overall")] + [len(k) for k in report.per_type])
     lines = [f"{'instruction':{width}s}  {'n':>4s}  {'IFR strict':>10s}  {'IFR loose':>9s}"]
     for name, tally in sorted(report.per_type.items()):
@@ -67,24 +92,22 @@ def format_report(report: EvalReport) -> str:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..models import load_model
-    from ..spec import SteeringSpec
     from .generation import generate_responses
-    from .metrics import score_responses
+    from .metrics import reward, score_responses
 
+    # Everything that can be wrong fails here, before the model loads.
+    prepare_run(args)
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if out is not None:
+        check_out_file(out, args.overwrite)
     if args.split is None:
         args.split = "heldout" if args.prompts == "builtin" else "all"
+    args.instruction = instruction_ids(args.instruction)
     prompts = _load_prompts(args)
     _check_checkable(prompts)
     texts = [p.text(not args.no_instruction) for p in prompts]   # fails early without base_prompt
-    spec = SteeringSpec.load(args.steering) if args.steering else None
-    if spec is not None and not 0 <= args.config < spec.n_configs:
-        raise EvaluationError(f"--config {args.config} is out of range: {args.steering} has "
-                              f"{spec.n_configs} configuration(s)")
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-    model, tokenizer = load_model(args.model, dtype=dtype, device=args.device)
+    spec = load_steering(args.steering, args.config, model_shape(args.model))
+    model, tokenizer = load_model(args.model, dtype=torch_dtype(args.dtype), device=args.device)
     common = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True)
     if spec is None:
         responses = generate_responses(model, tokenizer, texts, **common)
@@ -114,27 +137,23 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     """Add ``eval`` to the ``pysteer`` command's subparsers."""
-    p = subparsers.add_parser("eval", help="measure instruction following (IFR), response rate (RR) "
-                              "and output quality (OQ), optionally steered")
+    p = add_command(subparsers, "eval", help="measure instruction following (IFR), response rate (RR) "
+                    "and output quality (OQ), optionally steered", description=__doc__)
     p.add_argument("--prompts", default="builtin", help="builtin | ifbench | FILE.jsonl (IFEval format)")
     p.add_argument("--split", default=None, choices=["train", "heldout", "all"],
                    help="which split (default: heldout for builtin, all otherwise; prompts without a "
                    "split field count only under 'all')")
-    p.add_argument("--instruction", action="append", default=None,
-                   help="keep only prompts with this instruction id (repeatable)")
+    p.add_argument("--instruction", action="append", default=None, help=INSTRUCTION_FILTER_HELP)
     p.add_argument("--steering", help="a steering spec directory (steering.json + .safetensors)")
-    p.add_argument("--config", type=int, default=0, help="which configuration row of the spec")
+    p.add_argument("--config", type=nonnegative_int, default=0, help="which configuration row of the spec")
     p.add_argument("--no-instruction", action="store_true",
                    help="send base_prompt (the request without the instruction); still score the instruction")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--ppl-ref", type=float, default=DEFAULT_PPL_REF,
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens generated per response")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N prompts")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per generation batch")
+    p.add_argument("--ppl-ref", type=positive_float, default=DEFAULT_PPL_REF,
                    help="perplexity at or below which a response counts as fully fluent in OQ")
-    p.add_argument("--model", default=None, help="a local HF model directory (default: the embedded "
-                   "SmolLM2-135M-Instruct)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    add_model_arguments(p, dtype=True)
     p.add_argument("--out", default=None, help="write the report (and every response) as JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=run_eval)

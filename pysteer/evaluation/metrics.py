@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 import torch
 
 from .checkers import check_instruction
+from .defaults import DEFAULT_PPL_REF, DEFAULT_WEIGHTS
 from ..patching.families import decoder_layers
 from ..patching.shared_prefill import run_distinct_prompts
 from ..models import token_logprobs
@@ -36,8 +37,6 @@ from .errors import EvaluationError
 from .prompts import EvalPrompt
 from .text import words
 
-DEFAULT_PPL_REF = 20.0
-DEFAULT_WEIGHTS = {"ifr": 1.0, "rr": 0.5, "oq": 0.5}
 
 # Openings of refusals and evasions (matched case-insensitively near the start).
 REFUSAL_PATTERNS = (

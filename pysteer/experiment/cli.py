@@ -6,7 +6,8 @@
 
 Discovers each method's steering for each instruction type (Concise-SAE's coefficients
 tuned), measures IFR / RR / OQ on held-out prompts with and without the instruction,
-unsteered and steered, and prints the table and example outputs. ``--out`` (default
+unsteered and steered, and prints the table and example outputs — per type and setting,
+the prompt where steering scored best and the one where it scored worst. ``--out`` (default
 ``pysteer-demo/``) receives every spec (``<type>/<method>/``, usable with
 ``pysteer generate --steering``) and ``results.json`` + ``results.md``.
 """
@@ -14,26 +15,30 @@ unsteered and steered, and prints the table and example outputs. ``--out`` (defa
 from __future__ import annotations
 
 import argparse
-import itertools
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from ..cliargs import (SAE_HELP, UsageError, add_command, add_model_arguments, check_layers, check_out_dir,
+                       load_sae_for, model_shape, nonnegative_int, prepare_run)
 from .instructions import TYPE_NAMES
-from .pipeline import BUDGETS, METHODS, SAE_METHODS, SETTINGS, UNSTEERED, ExperimentResult
+from .names import BUDGET_NAMES, METHODS, SAE_METHODS, SETTINGS, UNSTEERED
+
+if TYPE_CHECKING:
+    from .pipeline import ExperimentResult
 
 # The two types where steering measurably changes this 135M model (reports/smollm2/results.md).
 DEFAULT_TYPES = ("no_comma", "short")
+EXAMPLE_WIDTH = 100  # characters per line of the printed examples
+EXAMPLE_LINES = 2    # lines per response (longer ones are cut with " …")
 
 
 def _triple(cell: dict[str, Any]) -> str:
     return f"{cell['ifr_loose']:.2f} {cell['rr']:.2f} {cell['oq']:.2f}"
 
 
-def format_table(result: ExperimentResult) -> str:
+def format_table(result: "ExperimentResult") -> str:
     """IFR (loose) / RR / OQ per type and method: unsteered vs steered, without and with the instruction."""
     width = max(len(m) for m in result.methods)
     name_width = max(len(t.name) for t in result.types)
@@ -50,54 +55,60 @@ def format_table(result: ExperimentResult) -> str:
     return "\n".join(lines)
 
 
-def side_by_side(left: str, right: str, titles: tuple[str, str], width: int = 44) -> str:
-    """Two texts in two wrapped columns of ``width`` characters."""
-    columns = [textwrap.wrap(" ".join(text.split()) or "(empty)", width) for text in (left, right)]
-    lines = [f"{titles[0]:<{width}s}  {titles[1]}", f"{'-' * width}  {'-' * width}"]
-    for a, b in itertools.zip_longest(*columns, fillvalue=""):
-        lines.append(f"{a:<{width}s}  {b}".rstrip())
-    return "\n".join(lines)
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
-def format_examples(result: ExperimentResult) -> str:
-    """The first held-out prompt of each type, sent without the instruction: unsteered vs each method."""
+def format_examples(result: "ExperimentResult") -> str:
+    """The examples the experiment chose (:func:`pysteer.experiment.report.choose_examples`):
+    per type and setting, the best and the worst case for steering, each prompt answered
+    unsteered and by every method, with each response's verdict."""
     blocks = []
     for itype in result.types:
-        cells = result.evaluations[itype.name]["settings"]["no_instruction"]
-        example = cells[UNSTEERED]["examples"][0]
-        for method in result.methods:
-            blocks.append(f"[{itype.name}] {example['prompt']!r} (sent without the instruction)\n"
-                          + side_by_side(example["response"], cells[method]["examples"][0]["response"],
-                                         ("unsteered", f"steered by {method}")))
+        for key, with_instruction in SETTINGS:
+            cells = result.evaluations[itype.name]["settings"][key]
+            labels = [UNSTEERED] + [m for m in result.methods if m in cells]
+            width = max(map(len, labels))
+            for n, example in enumerate(cells[UNSTEERED]["examples"]):
+                prompt = textwrap.shorten(_one_line(example["prompt"]), EXAMPLE_WIDTH - 20, placeholder=" …")
+                lines = [f"[{itype.name}] {example['case']} case, {'with' if with_instruction else 'without'} "
+                         f"the instruction: {prompt!r}"]
+                for label in labels:
+                    shown = cells[label]["examples"][n]
+                    lead = (f"  {label:<{width}s}  {'follows' if shown['followed'] else 'fails  '} "
+                            f"q {shown['quality']:.2f}  ")
+                    lines += textwrap.wrap(_one_line(shown["response"]) or "(empty)", EXAMPLE_WIDTH,
+                                           initial_indent=lead, subsequent_indent=" " * len(lead),
+                                           max_lines=EXAMPLE_LINES, placeholder=" …")
+                blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"--out {out} exists and is not empty; pass --overwrite to replace it "
-                              f"or choose another directory")
-
-
 def run_demo(args: argparse.Namespace) -> int:
-    from ..models import load_model, shipped_sae
-    from ..sae import load_sae
-    from .pipeline import run_experiment
+    import torch
+
+    from ..models import load_model
+    from .pipeline import BUDGETS, run_experiment
 
     # Everything that can be wrong fails here, before the model loads.
+    prepare_run(args)
+    for flag, values in (("--types", args.types), ("--methods", args.methods)):
+        if len(set(values)) != len(values):
+            raise UsageError(f"{flag}: {' '.join(values)} names one twice")
     out = Path(args.out)
-    _check_out(out, args.overwrite)
+    check_out_dir(out, args.overwrite)
     budget = BUDGETS[args.budget]()
     saes: Any = None
     if any(m in SAE_METHODS for m in args.methods):
-        sae = load_sae(args.sae, device=args.device) if args.sae else shipped_sae(args.layer, device=args.device)
-        layer = args.layer if args.layer is not None else sae.hook_layer
-        if layer is None:
-            raise SystemExit(f"pysteer demo: the SAE {sae.source} names no layer (hook_name); pass --layer")
+        sae, layer = load_sae_for(args.sae, args.model, args.layer, args.device)
         saes, sae_text = {layer: sae}, f"SAE {sae.source} ({sae.architecture}, {sae.d_sae} latents) at layer {layer}"
     elif args.layer is None:
-        raise SystemExit("pysteer demo: --methods diff-means alone needs --layer")
+        raise UsageError("--layer: --methods diff-means alone (no SAE to take the layer from) needs --layer")
     else:
         layer, sae_text = args.layer, f"layer {args.layer}, no SAE"
+        check_layers(model_shape(args.model), [layer])
+    if "diff-means" in args.methods and budget.dm_layers:
+        check_layers(model_shape(args.model), budget.dm_layers, f"--budget {args.budget}: diff-means searches layer")
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, device=args.device)
@@ -111,6 +122,8 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"IFR (loose) / RR / OQ on {budget.n_heldout} held-out prompts per type, unsteered vs steered:")
     print(format_table(result))
     print()
+    print("Examples: per type and setting, the prompt where the steered responses scored best and the one "
+          "where they scored worst (per-response reward, mean over the methods):")
     print(format_examples(result))
     print()
     print(f"steering specs: {out}/<type>/<method>/ (e.g. pysteer generate --steering "
@@ -124,25 +137,20 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     """Add ``demo`` to a ``pysteer`` subparsers object."""
-    p = subparsers.add_parser("demo", help="discover, tune and evaluate steering for a few instruction types "
-                              "(the results report's method, small)", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "demo", help="discover, tune and evaluate steering for a few instruction types "
+                    "(the results report's method, small)", description=__doc__)
     p.add_argument("--types", nargs="+", choices=TYPE_NAMES, default=list(DEFAULT_TYPES),
-                   help=f"instruction types (default: {' '.join(DEFAULT_TYPES)})")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                   help="discovery methods (default: all three)")
-    p.add_argument("--sae", default=None, help="an SAE directory (sae-lens or sparsify format; default: the "
-                   "SAE shipped with pysteer for SmolLM2-135M-Instruct)")
-    p.add_argument("--layer", type=int, default=None, help="the layer to steer (default: the SAE's); with the "
-                   "shipped SAEs, which one to use")
-    p.add_argument("--out", default="pysteer-demo", help="output directory (default pysteer-demo/)")
+                   help="instruction types")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="discovery methods")
+    p.add_argument("--sae", default=None, help=SAE_HELP)
+    p.add_argument("--layer", type=nonnegative_int, default=None, help="the layer to steer (default: the "
+                   "SAE's); with the shipped SAEs, which one to use")
+    p.add_argument("--out", default="pysteer-demo", help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is not empty")
-    p.add_argument("--budget", choices=sorted(BUDGETS), default="demo",
-                   help="demo: a few minutes on a CPU (default); report: the results report's sizes")
-    p.add_argument("--model", default=None, help="a local HF model directory (default: the embedded "
-                   "SmolLM2-135M-Instruct)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--budget", choices=BUDGET_NAMES, default="demo",
+                   help="demo: a few minutes on a CPU; report: the results report's sizes")
+    add_model_arguments(p)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run_demo)
     return p

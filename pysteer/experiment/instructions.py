@@ -21,12 +21,13 @@ one sentence, other constraints than the checked "fewer than 30 words".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, NamedTuple, Optional, Sequence, Union
 
 from ..discovery.prompts import VARIANTS
 from .errors import ExperimentError
 
-__all__ = ["InstructionType", "INSTRUCTION_TYPES", "TYPE_NAMES", "get_type", "resolve_types"]
+__all__ = ["InstructionType", "INSTRUCTION_TYPES", "TYPE_NAMES", "get_type", "resolve_types", "Instruction",
+           "BUILTIN_NAMES", "INSTRUCTION_RULE", "resolve_instruction"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +122,40 @@ def resolve_types(types: "Optional[Iterable[str | InstructionType]]") -> list[In
     if not chosen:
         raise ExperimentError("no instruction type given")
     return chosen
+
+
+# ---------------------------------------------------------------------------- --instruction
+class Instruction(NamedTuple):
+    """What a command needs of an instruction: its text, and for a built-in one the rest."""
+
+    text: str
+    name: Optional[str] = None                    # the built-in name; None for the user's own text
+    variants: Optional[tuple[str, ...]] = None    # SAIF's variants (None: frames around ``text``)
+    keyword: Optional[str] = None                 # Concise-SAE's keyword
+    instruction_id: Optional[str] = None          # the checker scoring it, where there is one
+
+
+# The report's types first; then the discovery variant lists that are no type ("french").
+BUILTIN_NAMES: tuple[str, ...] = TYPE_NAMES + tuple(name for name in VARIANTS if name not in TYPE_NAMES)
+INSTRUCTION_RULE = (f"a built-in name ({', '.join(BUILTIN_NAMES)}; any case) or a type's checker id "
+                    f"(e.g. {INSTRUCTION_TYPES[0].instruction_id}) stands for that instruction")
+
+
+def resolve_instruction(value: str) -> Instruction:
+    """The one meaning of ``--instruction`` in every command: :data:`INSTRUCTION_RULE`;
+    any other value is the instruction's own text (returned stripped).
+
+    A name of the report's types (:data:`INSTRUCTION_TYPES`) gives that type's text,
+    SAIF variants, keyword and checker; a discovery variant list's name that is no type
+    (``french``) gives its first phrasing as the text, the list as the variants and the
+    capitalised name as the keyword, as SAIF and Concise-SAE read such a name.
+    """
+    key = value.strip().lower()
+    for itype in INSTRUCTION_TYPES:
+        if key in (itype.name, itype.instruction_id):
+            variants = itype.variants()
+            return Instruction(itype.instruction_text, itype.name, tuple(variants) if variants else None,
+                               itype.keyword, itype.instruction_id)
+    if key in VARIANTS:
+        return Instruction(VARIANTS[key][0], key, tuple(VARIANTS[key]), key.capitalize())
+    return Instruction(value.strip())

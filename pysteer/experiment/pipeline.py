@@ -44,18 +44,12 @@ from ..sae import SAE, load_sae
 from ..spec import SparseIntervention, SteeringSpec, stack_specs
 from .errors import ExperimentError
 from .instructions import InstructionType, get_type, resolve_types
-from .report import MAX_DEGENERATE, MAX_PPL_RATIO
+from .names import BUDGET_NAMES, METHODS, SAE_METHODS, SETTINGS, TUNED_METHODS, UNSTEERED
+from .report import MAX_DEGENERATE, MAX_PPL_RATIO, choose_examples, response_score
 
 __all__ = ["METHODS", "SAE_METHODS", "TUNED_METHODS", "SETTINGS", "Budget", "discovery_queries",
            "find_spec", "tune_spec", "discover", "stack_specs", "evaluate", "ExperimentResult",
            "run_experiment"]
-
-METHODS = ("diff-means", "saif", "concise")
-SAE_METHODS = ("saif", "concise")
-TUNED_METHODS = ("concise",)
-# (key, instruction in the prompt?) — each evaluated unsteered and steered by every method
-SETTINGS = (("no_instruction", False), ("instruction", True))
-UNSTEERED = "unsteered"
 
 
 @dataclass(frozen=True)
@@ -111,7 +105,7 @@ class Budget:
         return dataclasses.asdict(self)
 
 
-BUDGETS = {"demo": Budget.demo, "report": Budget.report}
+BUDGETS = {name: getattr(Budget, name) for name in BUDGET_NAMES}
 
 
 def discovery_queries() -> list[str]:
@@ -229,25 +223,34 @@ def discover(method: str, model, tokenizer, itype: "str | InstructionType", *,
 
 
 # ---------------------------------------------------------------------------- evaluation
-def _cell(report, prompts, texts: list[str], responses: list[str], n_examples: int) -> dict[str, Any]:
+def _cell(report, responses: list[str]) -> dict[str, Any]:
     return {"ifr_loose": report.ifr_loose, "ifr_strict": report.ifr_strict, "rr": report.rr, "oq": report.oq,
             "degenerate_rate": report.degenerate_rate, "mean_perplexity": report.mean_perplexity,
-            "n": report.n,
-            "examples": [{"key": p.key, "prompt": t, "response": r}
-                         for p, t, r in list(zip(prompts, texts, responses))[:n_examples]],
+            "n": report.n, "scores": [response_score(score) for score in report.scores],
             "responses": list(responses)}
+
+
+def _add_examples(settings: dict[str, dict[str, Any]], prompts: list) -> None:
+    """Every cell's ``examples``: the responses :func:`~.report.choose_examples` picks, the
+    same prompts for every method, so they read side by side."""
+    with_instruction = dict(SETTINGS)
+    for key, picks in choose_examples(settings).items():
+        for cell in settings[key].values():
+            cell["examples"] = [{"case": case, "key": prompts[i].key, "prompt": prompts[i].text(with_instruction[key]),
+                                 "response": cell["responses"][i], **cell["scores"][i]} for case, i in picks]
 
 
 @torch.no_grad()
 def evaluate(model, tokenizer, specs_by_method: Mapping[str, SteeringSpec], itype: "str | InstructionType",
-             budget: Budget, *, n_examples: int = 2, progress: bool = False) -> dict[str, Any]:
+             budget: Budget, *, progress: bool = False) -> dict[str, Any]:
     """IFR / RR / OQ of ``itype``'s held-out prompts in the four settings, for every method.
 
     Returns ``{"type", "instruction_id", "prompt_keys", "methods", "stacks", "seconds",
     "settings": {"no_instruction" | "instruction": {"unsteered" | method: cell}}}``; a
     cell holds ``ifr_loose``, ``ifr_strict``, ``rr``, ``oq``, ``degenerate_rate``,
-    ``mean_perplexity`` (under the unsteered model), ``n``, the first ``n_examples``
-    ``examples`` and every response. The unsteered cells are generated once for all
+    ``mean_perplexity`` (under the unsteered model), ``n``, every response and its
+    ``scores``, and the ``examples`` shown (:func:`~.report.choose_examples`: the best and
+    the worst case for steering). The unsteered cells are generated once for all
     methods; the methods share generations as far as :func:`stack_specs` allows.
     """
     itype = get_type(itype)
@@ -283,9 +286,10 @@ def evaluate(model, tokenizer, specs_by_method: Mapping[str, SteeringSpec], ityp
             for i, label in enumerate(labels):
                 report = score_responses(prompts, responses[label], instruction_in_prompt=with_instruction,
                                          perplexities=ppl[i * n:(i + 1) * n])
-                settings[key][label] = _cell(report, prompts, texts, responses[label], n_examples)
+                settings[key][label] = _cell(report, responses[label])
     finally:
         bar.close()
+    _add_examples(settings, prompts)
     return {"type": itype.name, "instruction_id": itype.instruction_id, "prompt_keys": [p.key for p in prompts],
             "methods": methods, "stacks": [names for _, names in stacks], "settings": settings,
             "seconds": round(time.perf_counter() - start_time, 2)}

@@ -13,6 +13,9 @@ held-out prompts):
 A target is ``met`` once enough types pass, ``missed`` once too few types are left to
 pass, and ``undecided`` in between (fewer than six types evaluated, e.g. the demo).
 Comparisons allow 1e-9 of rounding: IFRs are fractions k/n, and 0.3 − 0.1 < 0.2 in floats.
+
+The example outputs shown (console and report) are chosen by :func:`choose_examples`:
+per type and setting, the best and the worst case for steering by the per-response reward.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ..evaluation.defaults import DEFAULT_WEIGHTS
 from ..fileio import write_json_atomic, write_text_atomic
+from .names import UNSTEERED
 
-__all__ = ["TARGETS", "targets", "write_report", "format_markdown"]
+__all__ = ["TARGETS", "targets", "write_report", "format_markdown", "response_score", "choose_examples"]
 
 N_TYPES = 6          # the issue counts passes out of the report's six types
 MIN_GAIN = 0.2       # (a): IFR gain of steering alone over no instruction
@@ -98,6 +103,51 @@ def targets(result: Any) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------------------- examples
+def response_score(score: Any) -> dict[str, Any]:
+    """One response's verdicts (from a :class:`~pysteer.evaluation.ResponseScore`) and its
+    ``reward``, w_ifr·[followed, loose] + w_rr·[responded] + w_oq·q_n with the tuner's default
+    weights: the term whose mean over a cell's responses is the cell's reward."""
+    w = DEFAULT_WEIGHTS
+    return {"followed": bool(score.followed_loose), "responded": bool(score.responded),
+            "degenerate": bool(score.degenerate), "quality": round(float(score.quality), 4),
+            "reward": round(w["ifr"] * score.followed_loose + w["rr"] * score.responded + w["oq"] * score.quality, 4)}
+
+
+def choose_examples(settings: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, list[tuple[str, int]]]:
+    """The example outputs to show, as ``{setting: [("best", i), ("worst", j)]}`` (prompt indices).
+
+    ``settings`` is :func:`~.pipeline.evaluate`'s: per setting, cells by label (``unsteered``
+    and each method) whose ``scores`` hold each response's ``reward``. A prompt's steered
+    reward is the mean over the methods; the best case has the highest, the worst the lowest
+    (ties: the larger gain, resp. loss, over the unsteered response, then the earlier
+    prompt). Each pick prefers a prompt no earlier pick showed, so two settings show four
+    different prompts when there are four.
+    """
+    chosen: dict[str, list[tuple[str, int]]] = {}
+    shown: set[int] = set()
+    for key, cells in settings.items():
+        steered = [label for label in cells if label != UNSTEERED] or list(cells)
+        n = len(cells[steered[0]]["scores"])
+
+        def reward(labels: list[str], i: int) -> float:
+            return sum(cells[label]["scores"][i]["reward"] for label in labels) / len(labels)
+
+        base = [reward([UNSTEERED], i) if UNSTEERED in cells else 0.0 for i in range(n)]
+        ranked = sorted(range(n), key=lambda i: (-reward(steered, i), -(reward(steered, i) - base[i]), i))
+        worst_first = sorted(range(n), key=lambda i: (reward(steered, i), reward(steered, i) - base[i], i))
+        picks: list[tuple[str, int]] = []
+        for case, order in (("best", ranked), ("worst", worst_first)):
+            taken = {i for _, i in picks}
+            candidates = [i for i in order if i not in taken] or order
+            fresh = [i for i in candidates if i not in shown]
+            if candidates:
+                picks.append((case, (fresh or candidates)[0]))
+        shown.update(i for _, i in picks)
+        chosen[key] = picks
+    return chosen
+
+
 # ---------------------------------------------------------------------------- markdown
 def _num(value: Optional[float], digits: int = 2) -> str:
     return f"{value:.{digits}f}" if _known(value) else "n/a"
@@ -161,15 +211,17 @@ def format_markdown(doc: Mapping[str, Any], title: str = "Instruction following 
                                  f"{_num(c['ifr_instruction_steered'])} | {c['delta']:+.2f} | "
                                  f"{'yes' if c['passed'] else 'no'} |")
         lines.append("")
-    lines += ["## Example outputs", ""]
+    lines += ["## Example outputs", "",
+              "Per type and setting, the prompt where steering's responses score best and the one where "
+              "they score worst (mean per-response reward over the methods).", ""]
     for name, evaluation in doc["evaluations"].items():
         for key, with_instruction in (("no_instruction", False), ("instruction", True)):
             cells = evaluation["settings"][key]
             labels = list(cells)
             lines += [f"### {name}: {'with' if with_instruction else 'without'} the instruction", "",
-                      "| prompt | " + " | ".join(labels) + " |", "| --- " * (len(labels) + 1) + "|"]
+                      "| case | prompt | " + " | ".join(labels) + " |", "| --- " * (len(labels) + 2) + "|"]
             for i, example in enumerate(cells[labels[0]]["examples"]):
-                lines.append(f"| {_cell_text(example['prompt'])} | "
+                lines.append(f"| {example.get('case', '')} | {_cell_text(example['prompt'])} | "
                              + " | ".join(_cell_text(cells[label]["examples"][i]["response"]) for label in labels)
                              + " |")
             lines.append("")

@@ -7,6 +7,8 @@
     ...
     steering.detach()                               # the original modules go back
 
+    steering = pysteer.Steering.of_specs(model, [spec_a, spec_b])  # several specs, one steering
+
 Detaching puts the very same module objects back, so the model's outputs are
 bit-identical to before attaching.
 """
@@ -14,6 +16,7 @@ bit-identical to before attaching.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -99,6 +102,75 @@ class Steering:
         self.set_rows(rows)
         self.set_prompt_length(prompt_length)
 
+    @classmethod
+    def of_specs(cls, model: nn.Module, specs: Sequence[SteeringSpec], spare_rows: int = 0) -> "Steering":
+        """Several specs attached as ONE steering (one plan per pass, one set of steered layers),
+        e.g. every spec a server offers.
+
+        The configurations are numbered globally, spec after spec: spec g's row r is global
+        row ``row_offsets[g] + r``; then come ``spare_rows`` rows that :meth:`set_spare_row`
+        fills at run time (a request's scaled row). Each intervention keeps its own table
+        (padded to a common height); the state's ``group_maps`` turn the global row of each
+        token into the row of its own spec, −1 in every other spec, so an edit without a
+        neutral coefficient (set, ablate, projection) is still exact. Specs with different
+        position rules can only run in packed steps (:mod:`pysteer.serving`), which apply
+        each request's rule on the host.
+        """
+        specs = list(specs)
+        if not specs:
+            raise SteeringSpecError("of_specs needs at least one spec")
+        for spec in specs:
+            check_spec_fits(spec, model)
+        local_height = max(spec.n_configs for spec in specs) + int(spare_rows)
+        interventions, groups = [], []
+        for g, spec in enumerate(specs):
+            for iv in spec.interventions:
+                table = iv.coefficients.new_zeros(local_height, iv.coefficients.shape[1])
+                table[:spec.n_configs] = iv.coefficients
+                interventions.append(dataclasses.replace(iv, coefficients=table))
+                groups.append(g)
+        positions = {spec.positions for spec in specs}
+        combined = SteeringSpec(interventions, positions.pop() if len(positions) == 1 else "all",
+                                {}, {"method": "of_specs"})
+        steering = cls(model, combined)
+        offsets = [0]
+        for spec in specs:
+            offsets.append(offsets[-1] + spec.n_configs)
+        n_global = offsets[-1] + int(spare_rows)
+        maps = torch.full((len(specs), n_global + 1), -1, dtype=torch.int32)
+        for g, spec in enumerate(specs):
+            maps[g, 1 + offsets[g]:1 + offsets[g + 1]] = torch.arange(spec.n_configs, dtype=torch.int32)
+        for compiled, g in zip(steering._compiled, groups):
+            compiled.group = g
+        steering.group_specs, steering.row_offsets = specs, offsets[:-1]
+        steering._groups, steering._spare_base = groups, (offsets[-1], local_height - int(spare_rows))
+        steering.state.group_maps = maps.to(steering.device)
+        steering.state.group_positions = [spec.positions for spec in specs]
+        steering.state.n_configs = n_global
+        return steering
+
+    def set_spare_row(self, slot: int, group: int, rows: "Sequence[torch.Tensor]") -> int:
+        """Fill spare row ``slot`` of a :meth:`of_specs` steering with one configuration of spec
+        ``group`` (``rows``: one coefficient row per intervention of that spec), in place — the
+        same buffers, so captured graphs stay valid. Returns the global row to use."""
+        base = getattr(self, "_spare_base", None)
+        if base is None:
+            raise SteeringSpecError("set_spare_row needs a steering made by Steering.of_specs")
+        global_base, local_base = base
+        local_row = local_base + slot
+        if not 0 <= slot < self.state.n_configs - global_base:
+            raise SteeringSpecError(f"spare row {slot} is out of range: this steering has "
+                                    f"{self.state.n_configs - global_base}")
+        own = [c for c, g in zip(self._compiled, self._groups) if g == group]
+        if len(rows) != len(own):
+            raise SteeringSpecError(f"spec {group} has {len(own)} interventions, got {len(rows)} rows")
+        for compiled, row in zip(own, rows):
+            compiled.coeffs[local_row].copy_(row)
+        column = self.state.group_maps[:, 1 + global_base + slot]
+        column.fill_(-1)
+        column[group] = local_row
+        return global_base + slot
+
     @property
     def attached(self) -> bool:
         return bool(self._originals)
@@ -122,6 +194,9 @@ class Steering:
         the very same buffer (so compiled code and captured CUDA graphs stay valid)."""
         if isinstance(tables, torch.Tensor):
             tables = [tables]
+        if self.state.group_maps is not None:
+            raise SteeringSpecError("a steering of several specs (Steering.of_specs) takes new rows through "
+                                    "set_spare_row, not set_coefficients")
         spec = self.spec.with_coefficients(list(tables))  # validates shapes and finiteness
         rows = self.state.host_rows
         if rows is not None and max(rows) >= spec.n_configs:

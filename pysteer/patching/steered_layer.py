@@ -14,6 +14,14 @@ rows the caller marked unsteered; a dynamic KV cache's length, which is a tensor
 the plan uses it to skip work: a call in which no token is steered launches no op, and a
 TopK SAE encodes only the tokens that are steered.
 
+A serving engine that packs the tokens of many requests into one step (transformers'
+continuous batching, :mod:`pysteer.serving.continuous`) knows each token's configuration
+from its own request layout: it hands the state that per-token row index for the step
+(:meth:`SteeringState.set_packed_rows`) and the plan uses it as is — the same plan, the
+same ops, no second steering path. Several specs attached as one steering
+(:meth:`pysteer.Steering.of_specs`) each read their own rows out of one global index
+through the state's ``group_maps``, gathered once per pass.
+
 A NaN in one hidden row stays in that row: every op works row by row, so the other
 rows come back exactly as they would without it.
 """
@@ -35,10 +43,17 @@ from .families import layer_hidden
 class ForwardPlan(NamedTuple):
     """What one forward pass steers: ``row_index`` [tokens] int32 (configuration per token,
     −1 = left alone) and, when the host knows that only some tokens can be steered,
-    ``steered_tokens`` (their flat indices; None = any token may be)."""
+    ``steered_tokens`` (their flat indices; None = any token may be). A steering of several
+    specs also carries ``group_rows`` [groups, tokens] int32: each spec's own row per token
+    (−1 where the token uses another spec or none)."""
 
     row_index: Tensor
     steered_tokens: Optional[Tensor]
+    group_rows: Optional[Tensor] = None
+
+    def rows_for(self, group: int) -> Tensor:
+        """The row index an intervention of spec ``group`` reads."""
+        return self.row_index if self.group_rows is None else self.group_rows[group]
 
 
 _NO_PLAN = object()  # no plan for the current pass yet (None means "nothing is steered")
@@ -67,6 +82,15 @@ class SteeringState:
         self.prompt_width: Optional[int] = None
         self.first_layer = self.last_layer = -1       # set by Steering: who plans, who clears
         self.wants_steered_tokens = False             # set by Steering: some intervention encodes the full SAE
+        # Set by Steering.of_specs: group_maps[g, 1 + r] = spec g's own row for global row r
+        # (−1: another spec's row), column 0 = −1 for unsteered tokens; group_positions[g]
+        # is spec g's position rule.
+        self.group_maps: Optional[Tensor] = None
+        self.group_positions: Optional[list[str]] = None
+        # Set per step by a packing engine (set_packed_rows): the step's rows per token.
+        self.packed_rows: Optional[Tensor] = None
+        self.packed_tokens: Optional[Tensor] = None
+        self.packed_skip = False
         self._plan: Any = _NO_PLAN
 
     def set_rows(self, rows: "Sequence[int] | Tensor | None", device: torch.device) -> None:
@@ -96,6 +120,18 @@ class SteeringState:
         self.prompt_lengths = host.reshape(-1).to(device=device, dtype=torch.long)
         self.prompt_width = int(host.max()) if width is None else int(width)
 
+    def set_packed_rows(self, row_index: Optional[Tensor], skip: bool = False,
+                        steered_tokens: Optional[Tensor] = None) -> None:
+        """The next passes' configuration per token, from an engine that packs many requests
+        into one [1, tokens] step: ``row_index`` [tokens] int32 on the model's device, −1 for a
+        token left alone (unsteered request, a position its spec does not steer, padding).
+        The engine has already applied each request's position rule, so ``positions`` and the
+        prompt lengths are not consulted. ``skip``: the engine knows no token is steered (no
+        op is launched — only where no CUDA graph is being captured); ``steered_tokens``: the
+        flat indices of the steered tokens when known on the host. ``None`` ends packed mode.
+        """
+        self.packed_rows, self.packed_skip, self.packed_tokens = row_index, skip, steered_tokens
+
     # ------------------------------------------------------------------ the plan of a pass
     def plan(self, layer_index: int, batch: int, seq: int, position_ids: Optional[Tensor],
              cache: Optional[Cache], device: torch.device) -> Optional[ForwardPlan]:
@@ -113,6 +149,27 @@ class SteeringState:
 
     def _make_plan(self, layer_index: int, batch: int, seq: int, position_ids: Optional[Tensor],
                    cache: Optional[Cache], device: torch.device) -> Optional[ForwardPlan]:
+        if self.packed_rows is not None:
+            if self.packed_rows.shape[0] != batch * seq:
+                raise SteeringSpecError(f"the engine packed rows for {self.packed_rows.shape[0]} tokens but "
+                                        f"layer {layer_index} got {batch}×{seq}")
+            if self.packed_skip:
+                return None
+            return self._with_groups(ForwardPlan(self.packed_rows, self.packed_tokens))
+        if self.group_positions is not None and len(set(self.group_positions)) > 1:
+            raise SteeringSpecError(f"the attached specs steer different positions ({sorted(set(self.group_positions))}): "
+                                    f"only an engine that packs per-token rows (pysteer.serving) can mix them")
+        plan = self._padded_batch_plan(layer_index, batch, seq, position_ids, cache, device)
+        return None if plan is None else self._with_groups(plan)
+
+    def _with_groups(self, plan: ForwardPlan) -> ForwardPlan:
+        """Each spec's own rows of a steering of several specs: one gather per pass."""
+        if self.group_maps is None:
+            return plan
+        return plan._replace(group_rows=self.group_maps.index_select(1, (plan.row_index + 1).long()))
+
+    def _padded_batch_plan(self, layer_index: int, batch: int, seq: int, position_ids: Optional[Tensor],
+                           cache: Optional[Cache], device: torch.device) -> Optional[ForwardPlan]:
         host_rows = self.host_rows
         if host_rows is not None:
             if len(host_rows) != batch:
@@ -167,6 +224,8 @@ class SteeringState:
 
 
 class _CompiledSparse(nn.Module):
+    group = 0  # which spec of a steering of several specs (Steering.of_specs) this belongs to
+
     def __init__(self, iv: SparseIntervention, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         as_weight = dict(device=device, dtype=dtype)
@@ -204,7 +263,7 @@ class _CompiledSparse(nn.Module):
 
     def apply_(self, hidden: Tensor, plan: ForwardPlan) -> None:
         acts = self._selected_activations(hidden, plan.steered_tokens) if self.arch.needs_full_encode else None
-        ops.launch_sparse_steer_(hidden, plan.row_index, self.coeffs, self.enc_rows, self.enc_bias,
+        ops.launch_sparse_steer_(hidden, plan.rows_for(self.group), self.coeffs, self.enc_rows, self.enc_bias,
                                  self.threshold, self.dec_rows, self.input_offset, self.edit_modes, acts)
 
     def _selected_activations(self, hidden: Tensor, steered_tokens: Optional[Tensor]) -> Tensor:
@@ -222,6 +281,8 @@ class _CompiledSparse(nn.Module):
 
 
 class _CompiledDense(nn.Module):
+    group = 0  # which spec of a steering of several specs (Steering.of_specs) this belongs to
+
     def __init__(self, iv: DenseIntervention, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         self.register_buffer("coeffs", iv.coefficients.to(device=device, dtype=torch.float32), persistent=False)
@@ -238,7 +299,7 @@ class _CompiledDense(nn.Module):
         _write_table(self, table)
 
     def apply_(self, hidden: Tensor, plan: ForwardPlan) -> None:
-        ops.launch_dense_steer_(hidden, plan.row_index, self.coeffs, self.directions, self.dense_modes)
+        ops.launch_dense_steer_(hidden, plan.rows_for(self.group), self.coeffs, self.directions, self.dense_modes)
 
 
 def _write_table(compiled: nn.Module, table: Tensor) -> None:

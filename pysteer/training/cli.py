@@ -15,29 +15,39 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
+from ..cliargs import (UsageError, add_command, add_model_arguments, check_layers, fraction, model_shape,
+                       nonnegative_int, positive_float, positive_int, prepare_run)
+from .config import TrainConfig
 
 CORPUS_CACHE_DIR = "self-chat-transcripts"  # under --out: reused by reruns and later epochs
 
 
 def run_train_sae(args: argparse.Namespace) -> int:
+    import torch
+
     from ..models import load_model
     from ..patching import model_facts
     from ..sae import dtype_from_name
     from .activations import ModelActivationSource, collect_tokens
     from .corpus import SelfChatCorpus, TextFileCorpus
     from .loop import check_outputs, train_saes
-    from .trainer import TrainConfig
 
+    # Everything that can be wrong fails here, before the model loads.
+    prepare_run(args)
     layers = sorted(set(args.layer))
-    check_outputs(args.out, layers, args.overwrite)  # before minutes of model loading
+    check_outputs(args.out, layers, args.overwrite)
     config = TrainConfig(d_sae=args.d_sae, k=args.k, tokens=args.tokens, batch_size=args.batch_size,
                          lr=args.lr, seed=args.seed, buffer_tokens=args.buffer_tokens,
                          dead_tokens=args.dead_tokens, aux_k=args.aux_k, aux_coef=args.aux_coef)
     config.validate()
     self_chat = args.corpus == ["self-chat"]
     if not self_chat and "self-chat" in args.corpus:
-        raise SystemExit("pysteer train-sae: --corpus takes either self-chat or file/directory paths, not both")
+        raise UsageError("--corpus: give either self-chat or file/directory paths, not both")
+    if not self_chat:
+        missing = [path for path in args.corpus if not Path(path).exists()]
+        if missing:
+            raise UsageError(f"--corpus: no such file or directory: {', '.join(missing)}")
+    check_layers(model_shape(args.model), layers)
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(args.model, device=args.device)
     if self_chat:
@@ -74,48 +84,52 @@ def run_train_sae(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("train-sae", help="train TopK SAEs on a model's residual stream",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="a local HF model directory (default: the embedded "
-                   "SmolLM2-135M-Instruct)")
-    p.add_argument("--layer", type=int, action="append", required=True,
+def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    """Add ``train-sae`` to a ``pysteer`` subparsers object."""
+    p = add_command(subparsers, "train-sae", help="train TopK SAEs on a model's residual stream",
+                    description=__doc__)
+    p.add_argument("--layer", type=nonnegative_int, action="append", required=True,
                    help="decoder layer whose output to train on (repeatable: one SAE per layer, one stream)")
     p.add_argument("--corpus", nargs="+", default=["self-chat"], metavar="self-chat|PATH",
                    help="self-chat (the model's answers to generated prompts) or .txt/.md/.jsonl "
                    "files and directories")
     p.add_argument("--out", required=True, help="output directory (one SAE subdirectory per layer)")
-    p.add_argument("--d-sae", type=int, default=4096, help="number of latents (default 4096)")
-    p.add_argument("--k", type=int, default=64, help="active latents per token (default 64)")
-    p.add_argument("--tokens", type=int, default=2_000_000, help="training tokens (default 2M)")
-    p.add_argument("--batch-size", type=int, default=4096, help="tokens per step (default 4096)")
-    p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate (default 5e-4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--d-sae", type=positive_int, default=TrainConfig.d_sae, help="number of latents")
+    p.add_argument("--k", type=positive_int, default=TrainConfig.k, help="active latents per token")
+    p.add_argument("--tokens", type=positive_int, default=TrainConfig.tokens, help="training tokens")
+    p.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size, help="tokens per step")
+    p.add_argument("--lr", type=positive_float, default=TrainConfig.lr, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=TrainConfig.seed, help="random seed")
     p.add_argument("--dtype-out", default="float32", choices=["float16", "float32"],
                    help="dtype of the saved weights")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--eval-tokens", type=int, default=32768,
+    add_model_arguments(p)
+    p.add_argument("--eval-tokens", type=nonnegative_int, default=32768,
                    help="held-out tokens for the reported metrics (0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace existing SAEs in --out")
     tuning = p.add_argument_group("advanced")
-    tuning.add_argument("--buffer-tokens", type=int, default=65536, help="shuffling buffer rows per layer")
-    tuning.add_argument("--dead-tokens", type=int, default=250_000,
+    tuning.add_argument("--buffer-tokens", type=positive_int, default=TrainConfig.buffer_tokens,
+                        help="shuffling buffer rows per layer")
+    tuning.add_argument("--dead-tokens", type=positive_int, default=TrainConfig.dead_tokens,
                         help="a latent silent for this many tokens is dead (AuxK, metrics)")
-    tuning.add_argument("--aux-k", type=int, default=256)
-    tuning.add_argument("--aux-coef", type=float, default=1 / 32)
-    tuning.add_argument("--max-doc-tokens", type=int, default=256, help="tokens per document/chunk")
-    tuning.add_argument("--docs-per-chunk", type=int, default=16, help="documents per forward pass")
+    tuning.add_argument("--aux-k", type=positive_int, default=TrainConfig.aux_k,
+                        help="latents the AuxK loss may use")
+    tuning.add_argument("--aux-coef", type=positive_float, default=TrainConfig.aux_coef,
+                        help="weight α of the AuxK loss")
+    tuning.add_argument("--max-doc-tokens", type=positive_int, default=256, help="tokens per document/chunk")
+    tuning.add_argument("--docs-per-chunk", type=positive_int, default=16, help="documents per forward pass")
     tuning.add_argument("--keep-first-token", action="store_true",
                         help="also train on each document's first token (BOS / attention sink)")
-    tuning.add_argument("--heldout-fraction", type=float, default=0.05)
-    tuning.add_argument("--n-prompts", type=int, default=None, help="self-chat: use only this many prompts")
-    tuning.add_argument("--gen-batch-size", type=int, default=32, help="self-chat: prompts per generate call")
-    tuning.add_argument("--max-new-tokens", type=int, default=128, help="self-chat: response length cap")
+    tuning.add_argument("--heldout-fraction", type=fraction, default=0.05,
+                        help="share of the corpus held out for the metrics")
+    tuning.add_argument("--n-prompts", type=positive_int, default=None,
+                        help="self-chat: use only this many prompts (default: all)")
+    tuning.add_argument("--gen-batch-size", type=positive_int, default=32, help="self-chat: prompts per generate call")
+    tuning.add_argument("--max-new-tokens", type=positive_int, default=128, help="self-chat: response length cap")
     tuning.add_argument("--sample", action="store_true", help="self-chat: sample (T=0.8) instead of greedy")
     tuning.add_argument("--corpus-cache", default=None, help="self-chat: directory for the generated "
                         f"transcripts, reused when rerun (default OUT/{CORPUS_CACHE_DIR})")
-    tuning.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
-    tuning.add_argument("--metrics-every", type=int, default=25, help="steps between metric records")
+    tuning.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints")
+    tuning.add_argument("--metrics-every", type=positive_int, default=25, help="steps between metric records")
     tuning.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_train_sae)
     return p

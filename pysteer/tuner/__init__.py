@@ -9,14 +9,23 @@
     best = pysteer.SteeringSpec.load("tuned/best_spec")
 
 ``tune`` takes any objective ``evaluate(X [q, d]) -> [{"reward": ..., ...}] * q``.
+
+Names are imported on first use (:mod:`pysteer._lazy`).
 """
 
-from .bo import AcquisitionOptions, TuneResult, initial_design, propose, round_seed, tune
-from .bounds import DEFAULT_BOUNDS, Box, Coordinate, SearchSpace, TunerError, load_stats, search_space
-from .history import History, Record, plot_history
-from .objective import BatchedObjective, SequentialObjective, make_objective
+from typing import TYPE_CHECKING
 
-__all__ = ["tune", "propose", "initial_design", "round_seed", "AcquisitionOptions", "TuneResult",
-           "Box", "SearchSpace", "Coordinate", "search_space", "load_stats", "DEFAULT_BOUNDS",
-           "TunerError", "History", "Record", "plot_history", "BatchedObjective",
-           "SequentialObjective", "make_objective"]
+from .._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".bo": ("tune", "propose", "initial_design", "round_seed", "AcquisitionOptions", "TuneResult"),
+    ".bounds": ("Box", "SearchSpace", "Coordinate", "search_space", "load_stats", "DEFAULT_BOUNDS", "TunerError"),
+    ".history": ("History", "Record", "plot_history"),
+    ".objective": ("BatchedObjective", "SequentialObjective", "make_objective"),
+})
+
+if TYPE_CHECKING:
+    from .bo import AcquisitionOptions, TuneResult, initial_design, propose, round_seed, tune
+    from .bounds import DEFAULT_BOUNDS, Box, Coordinate, SearchSpace, TunerError, load_stats, search_space
+    from .history import History, Record, plot_history
+    from .objective import BatchedObjective, SequentialObjective, make_objective

@@ -13,16 +13,18 @@ and ``tuned/reward.png``.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
-from .bounds import TunerError
+from ..cliargs import (add_command, add_model_arguments, check_spec_shape, load_spec, model_shape,
+                       positive_int, prepare_run, torch_dtype)
+from ..evaluation.cli import INSTRUCTION_FILTER_HELP, instruction_ids
+from ..evaluation.defaults import DEFAULT_WEIGHTS
 
 
 def parse_weights(text: Optional[str]) -> Optional[dict[str, float]]:
-    """``"ifr=1,rr=0.5,oq=0.5"`` → {"ifr": 1.0, "rr": 0.5, "oq": 0.5}."""
+    """``"ifr=1,rr=0.5,oq=0.5"`` → {"ifr": 1.0, "rr": 0.5, "oq": 0.5}; the argparse type of ``--weights``."""
     if text is None:
         return None
     weights = {}
@@ -33,29 +35,34 @@ def parse_weights(text: Optional[str]) -> Optional[dict[str, float]]:
                 raise ValueError
             weights[key.strip()] = float(value)
         except ValueError:
-            raise TunerError(f"--weights: {part!r} is not NAME=NUMBER (e.g. ifr=1,rr=0.5,oq=0.5)") from None
-    unknown = sorted(set(weights) - {"ifr", "rr", "oq"})
+            raise argparse.ArgumentTypeError(f"{part!r} is not NAME=NUMBER (e.g. ifr=1,rr=0.5,oq=0.5)") from None
+    unknown = sorted(set(weights) - set(DEFAULT_WEIGHTS))
     if unknown or not weights:
-        raise TunerError(f"--weights: use the names ifr, rr, oq (got {text!r})")
+        raise argparse.ArgumentTypeError(f"use the names {', '.join(DEFAULT_WEIGHTS)} (got {text!r})")
+    if not all(math.isfinite(w) for w in weights.values()):
+        raise argparse.ArgumentTypeError(f"weights must be finite numbers, got {text!r}")
     return weights
 
 
 def parse_bounds(text: Optional[str]) -> Optional[tuple[float, float]]:
-    """``"-6,6"`` → (-6.0, 6.0)."""
+    """``"-6,6"`` → (-6.0, 6.0); the argparse type of ``--bounds``."""
     if text is None:
         return None
     parts = text.split(",")
     try:
         lo, hi = (float(p) for p in parts)
     except ValueError:
-        raise TunerError(f"--bounds: expected LO,HI (e.g. --bounds=-6,6), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. --bounds=-6,6), got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise argparse.ArgumentTypeError(f"LO and HI must be finite numbers, got {text!r}")
     if not lo < hi:
-        raise TunerError(f"--bounds: LO must be below HI, got {text!r}")
+        raise argparse.ArgumentTypeError(f"LO must be below HI, got {text!r}")
     return lo, hi
 
 
 def _load_prompts(args: argparse.Namespace) -> list:
     from ..evaluation import builtin_prompts, load_prompts_jsonl
+    from .bounds import TunerError
 
     if args.prompts == "builtin":
         prompts = builtin_prompts(args.split, args.instruction)
@@ -73,26 +80,45 @@ def _load_prompts(args: argparse.Namespace) -> list:
     return prompts
 
 
+def _check_out(args: argparse.Namespace, space: Any) -> None:
+    """``tune``'s refusals about ``--out`` (a run it may not resume or replace), made before the
+    model loads; :func:`pysteer.tuner.tune` makes them again when it starts."""
+    from .bo import HISTORY_FILE, _check_compatible
+    from .history import History
+
+    out = Path(args.out)
+    path = out / HISTORY_FILE
+    if path.exists():
+        if not (args.no_resume or args.overwrite):
+            _check_compatible(History.load(path), space, args.seed, args.q,
+                              args.q if args.n_init is None else args.n_init, path)
+        elif not args.overwrite:
+            raise FileExistsError(f"--out {out} holds a run ({HISTORY_FILE}): drop --no-resume to resume it, "
+                                  f"or pass --overwrite to start over")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise FileExistsError(f"--out {out} exists and holds no {HISTORY_FILE}: choose a new directory or "
+                              f"pass --overwrite")
+
+
 def run_tune(args: argparse.Namespace) -> int:
     from ..models import load_model
-    from ..spec import SteeringSpec
     from .bo import AcquisitionOptions, tune
     from .bounds import search_space
     from .objective import make_objective
 
     # Everything that can be wrong with the inputs fails here, before the model loads.
-    template = SteeringSpec.load(args.steering)
+    prepare_run(args)
+    template = load_spec(args.steering)
+    args.instruction = instruction_ids(args.instruction)
     prompts = _load_prompts(args)
-    weights = parse_weights(args.weights)
-    space = search_space(template, args.stats, bounds=parse_bounds(args.bounds))
-    if args.rounds < 1 or args.q < 1:
-        raise TunerError(f"--rounds and --q must be at least 1 (got {args.rounds}, {args.q})")
+    space = search_space(template, args.stats, bounds=args.bounds)
+    _check_out(args, space)
+    check_spec_shape(template, model_shape(args.model))
     print(f"tuning {space.d} coefficients of {args.steering} on {len(prompts)} prompts "
           f"({args.mode}, q={args.q}, {args.rounds} rounds, minibatch {args.minibatch})")
 
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-    model, tokenizer = load_model(args.model, dtype=dtype, device=args.device)
-    objective = make_objective(args.mode, model, tokenizer, space, prompts, weights=weights,
+    model, tokenizer = load_model(args.model, dtype=torch_dtype(args.dtype), device=args.device)
+    objective = make_objective(args.mode, model, tokenizer, space, prompts, weights=args.weights,
                                max_new_tokens=args.max_new_tokens, minibatch=args.minibatch,
                                seed=args.seed, instruction_in_prompt=not args.no_instruction)
     settings: dict[str, Any] = {**objective.describe(), "mode": args.mode, "steering": str(args.steering),
@@ -116,41 +142,39 @@ def run_tune(args: argparse.Namespace) -> int:
 
 def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     """Add ``tune`` to a ``pysteer`` subparsers object."""
-    p = subparsers.add_parser("tune", help="tune a steering spec's coefficients by Bayesian optimisation",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "tune", help="tune a steering spec's coefficients by Bayesian optimisation",
+                    description=__doc__)
     p.add_argument("--steering", required=True, help="template steering spec directory (which "
                    "features/directions to tune; its configuration row 0 is the first candidate)")
     p.add_argument("--out", required=True, help="output directory (history.json, best_spec/, reward.png); "
                    "an existing run there is resumed")
     p.add_argument("--prompts", default="builtin", help="'builtin' or an IFEval-format JSONL file")
     p.add_argument("--split", default="train", choices=["train", "heldout", "all"],
-                   help="which split of the prompts to tune on (default train)")
-    p.add_argument("--instruction", action="append", default=None,
-                   help="keep only prompts with this instruction id (repeatable)")
-    p.add_argument("--rounds", type=int, default=10, help="rounds, the first one Sobol (default 10)")
-    p.add_argument("--q", type=int, default=8, help="candidates per round (default 8)")
-    p.add_argument("--n-init", type=int, default=None, help="candidates in the initial round (default q)")
-    p.add_argument("--minibatch", type=int, default=8, help="prompts per round (default 8)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="which split of the prompts to tune on")
+    p.add_argument("--instruction", action="append", default=None, help=INSTRUCTION_FILTER_HELP)
+    p.add_argument("--rounds", type=positive_int, default=10, help="rounds, the first one Sobol")
+    p.add_argument("--q", type=positive_int, default=8, help="candidates per round")
+    p.add_argument("--n-init", type=positive_int, default=None, help="candidates in the initial round (default q)")
+    p.add_argument("--minibatch", type=positive_int, default=8, help="prompts per round")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--mode", choices=["batched", "sequential"], default="batched",
-                   help="batched: all q candidates in one generation (default); sequential: one by one")
-    p.add_argument("--weights", default=None, help="reward weights, default ifr=1,rr=0.5,oq=0.5")
+                   help="batched: all q candidates in one generation; sequential: one by one")
+    p.add_argument("--weights", type=parse_weights, default=None,
+                   help="reward weights NAME=W,... (default " + ",".join(f"{k}={v:g}" for k, v in
+                                                                       DEFAULT_WEIGHTS.items()) + ")")
     box = p.add_mutually_exclusive_group()
-    box.add_argument("--bounds", default=None, help="one box for every coefficient: LO,HI "
-                     "(write --bounds=-6,6 when LO is negative)")
+    box.add_argument("--bounds", type=parse_bounds, default=None, help="one box for every coefficient: LO,HI "
+                     "(write --bounds=-6,6 when LO is negative; default: from --stats, else per edit mode)")
     box.add_argument("--stats", default=None, help="JSON of feature activation statistics "
                      "(mean/max per feature) to derive the box from")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens generated per response")
     p.add_argument("--no-instruction", action="store_true",
                    help="send base_prompt (the request without the instruction): steering must do it all")
     p.add_argument("--no-template-start", action="store_true",
                    help="do not evaluate the template's own coefficients in the first round")
-    p.add_argument("--model", default=None, help="a local HF model directory (default: the embedded "
-                   "SmolLM2-135M-Instruct)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--restarts", type=int, default=8, help="acquisition optimiser restarts (default 8)")
-    p.add_argument("--raw-samples", type=int, default=256, help="acquisition optimiser raw samples")
+    add_model_arguments(p, dtype=True)
+    p.add_argument("--restarts", type=positive_int, default=8, help="acquisition optimiser restarts")
+    p.add_argument("--raw-samples", type=positive_int, default=256, help="acquisition optimiser raw samples")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue a run found in --out")
     p.add_argument("--overwrite", action="store_true", help="start over even if --out holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
