@@ -31,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -71,8 +72,10 @@ def entry_for(gguf_path: "str | os.PathLike", root: "str | os.PathLike | None" =
     return root / "models" / f"{gguf_path.stem}-{file_sha256(gguf_path)[:KEY_HEX]}"
 
 
-def why_invalid(entry: Path) -> Optional[str]:
-    """None when ``entry`` is a complete converted copy; otherwise what is wrong with it."""
+def why_invalid(entry: Path, hashes: bool = True) -> Optional[str]:
+    """None when ``entry`` is a complete converted copy; otherwise what is wrong with it.
+    ``hashes=False`` checks only the manifest and the file sizes (free: catches a build that
+    did not finish and truncated files, not altered bytes)."""
     if not entry.is_dir():
         return "absent"
     manifest_path = entry / MANIFEST
@@ -91,21 +94,44 @@ def why_invalid(entry: Path) -> Optional[str]:
             return f"{name} is missing"
         if not isinstance(recorded, dict) or path.stat().st_size != recorded.get("size"):
             return f"{name} has the wrong size"
-    for name, recorded in files.items():  # sizes first: they cost nothing and catch truncation
+    for name, recorded in files.items() if hashes else ():
         if file_sha256(entry / name) != recorded.get("sha256"):
             return f"{name} does not match its recorded sha256"
     return None
 
 
-def converted_model_dir(gguf_path: "str | os.PathLike",
-                        convert: "Callable[[Path, Path], None] | None" = None,
-                        root: "str | os.PathLike | None" = None) -> Path:
-    """The Hugging Face directory holding ``gguf_path`` converted; converts it on first use.
+class PendingEntry:
+    """A cache entry handed out before its sha256 check finished: the check runs in a thread
+    (hashlib releases the GIL) while the caller imports and parses what it can, and
+    :meth:`verified` waits for it, rebuilding the entry if the check failed.
 
-    ``convert(gguf_path, out_dir)`` writes the directory (default: :func:`convert_gguf`).
+    ``rebuilt`` says whether :meth:`verified` had to rebuild: whatever was read from the
+    entry before then must be read again.
     """
-    from filelock import FileLock
 
+    def __init__(self, gguf_path: Optional[Path], entry: Path, convert: Optional[Callable[[Path, Path], None]],
+                 check: "Optional[Future[Optional[str]]]") -> None:
+        self.gguf_path, self.path, self._convert, self._check = gguf_path, entry, convert, check
+        self.rebuilt = False
+
+    @classmethod
+    def ready(cls, directory: Path) -> "PendingEntry":
+        """A directory that needs no check (a user's own Hugging Face directory)."""
+        return cls(None, directory, None, None)
+
+    def verified(self) -> Path:
+        if self._check is not None:
+            problem, self._check = self._check.result(), None
+            if problem is not None:
+                _ensure(self.gguf_path, self.path, self._convert, problem)
+                self.rebuilt = True
+        return self.path
+
+
+def open_entry(gguf_path: "str | os.PathLike", convert: "Callable[[Path, Path], None] | None" = None,
+               root: "str | os.PathLike | None" = None) -> PendingEntry:
+    """The entry for ``gguf_path``, converting it first if it is absent or visibly incomplete;
+    its sha256 check is left running (see :class:`PendingEntry`)."""
     gguf_path = Path(gguf_path).resolve()
     if not gguf_path.is_file():
         raise FileNotFoundError(f"{gguf_path}: no such GGUF file")
@@ -116,14 +142,44 @@ def converted_model_dir(gguf_path: "str | os.PathLike",
     except OSError as exc:
         raise ModelCacheError(f"cannot create the model cache at {entry.parent} ({exc}); set "
                               f"{CACHE_ENV} to a writable directory") from None
-    with FileLock(str(entry) + ".lock"):
-        problem = why_invalid(entry)
-        if problem is None:
-            return entry
-        if problem != "absent":
-            _note(f"the cached copy {entry} is incomplete or corrupted ({problem}); rebuilding it")
-        _build(gguf_path, entry, convert)
-    return entry
+    with _lock(entry):
+        problem = why_invalid(entry, hashes=False)
+        if problem is not None:
+            _rebuild(gguf_path, entry, convert, problem)
+            return PendingEntry(gguf_path, entry, convert, None)  # just built: checked as it was made
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pysteer-cache-check")
+    check = executor.submit(why_invalid, entry)
+    executor.shutdown(wait=False)
+    return PendingEntry(gguf_path, entry, convert, check)
+
+
+def converted_model_dir(gguf_path: "str | os.PathLike",
+                        convert: "Callable[[Path, Path], None] | None" = None,
+                        root: "str | os.PathLike | None" = None) -> Path:
+    """The Hugging Face directory holding ``gguf_path`` converted, checked in full; converts
+    it on first use. ``convert(gguf_path, out_dir)`` writes the directory (default:
+    :func:`convert_gguf`)."""
+    return open_entry(gguf_path, convert, root).verified()
+
+
+def _lock(entry: Path):
+    from filelock import FileLock
+
+    return FileLock(str(entry) + ".lock")
+
+
+def _ensure(gguf_path: Path, entry: Path, convert: Callable[[Path, Path], None], problem: str) -> None:
+    """After a failed check outside the lock: check again under it (another process may have
+    rebuilt the entry meanwhile) and rebuild if it is still bad."""
+    with _lock(entry):
+        if why_invalid(entry) is not None:
+            _rebuild(gguf_path, entry, convert, problem)
+
+
+def _rebuild(gguf_path: Path, entry: Path, convert: Callable[[Path, Path], None], problem: str) -> None:
+    if problem != "absent":
+        _note(f"the cached copy {entry} is incomplete or corrupted ({problem}); rebuilding it")
+    _build(gguf_path, entry, convert)
 
 
 def _build(gguf_path: Path, entry: Path, convert: Callable[[Path, Path], None]) -> None:

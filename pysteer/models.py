@@ -105,16 +105,22 @@ def model_directory(name_or_path: "str | os.PathLike | None" = None) -> Path:
     cache (:mod:`pysteer.model_cache`); a ``.gguf`` file: the same; a directory: itself.
     Nothing is downloaded: anything else fails with the reason.
     """
-    from .model_cache import converted_model_dir
+    return _open_model_directory(name_or_path).verified()
+
+
+def _open_model_directory(name_or_path: "str | os.PathLike | None"):
+    """:func:`model_directory` with a cache entry's sha256 check still running (a
+    :class:`~pysteer.model_cache.PendingEntry`)."""
+    from .model_cache import PendingEntry, open_entry
 
     if name_or_path is None or str(name_or_path) == DEFAULT_MODEL:
         directory, gguf_file = default_model_file()
-        return converted_model_dir(directory / gguf_file)
+        return open_entry(directory / gguf_file)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return path
+        return PendingEntry.ready(path)
     if path.is_file() and path.suffix.lower() == ".gguf":
-        return converted_model_dir(path)
+        return open_entry(path)
     raise FileNotFoundError(f"{name_or_path}: not a local model directory or .gguf file (pysteer "
                             f"loads models offline; the default is {DEFAULT_MODEL})")
 
@@ -150,10 +156,22 @@ def load_model(name_or_path: "str | os.PathLike | None" = None, dtype: torch.dty
                device: "str | torch.device" = "cpu"):
     """(model, tokenizer) for ``name_or_path``: a local HF directory, a ``.gguf`` file, or
     the embedded default (see :func:`model_directory`). Nothing is downloaded."""
-    from transformers import AutoModelForCausalLM
+    pending = _open_model_directory(name_or_path)
+    # While the cache's sha256 check runs (in a thread: hashing releases the GIL), import
+    # transformers and the model's code and parse the tokenizer: together they take longer.
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    directory = model_directory(name_or_path)
-    tokenizer = load_tokenizer(directory)
+    try:
+        tokenizer = load_tokenizer(pending.path)
+        MODEL_FOR_CAUSAL_LM_MAPPING.get(type(AutoConfig.from_pretrained(pending.path, local_files_only=True)), None)
+    except Exception:
+        pending.verified()  # a corrupted file may be why: the check rebuilds it, then read again
+        if not pending.rebuilt:
+            raise
+    directory = pending.verified()
+    if pending.rebuilt:
+        tokenizer = load_tokenizer(directory)
     with _no_progress_bars():
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
     model = model.to(device).eval()

@@ -173,3 +173,22 @@ def test_the_default_model_loads_from_a_valid_cache_entry(smollm2):
     manifest = json.loads((entry / MANIFEST).read_text())
     assert "model.safetensors" in manifest["files"] and manifest["source"].endswith(".gguf")
     assert model.config.name_or_path == DEFAULT_MODEL
+
+
+def test_a_pending_entry_rebuilds_when_its_background_check_fails(tmp_path, cache, capsys):
+    """open_entry hands the directory out while the sha256 check runs; verified() waits for it
+    and rebuilds when it fails, and says so through ``rebuilt``."""
+    gguf = fake_gguf(tmp_path)
+    convert = CountingConverter(tmp_path / "calls")
+    model_cache.converted_model_dir(gguf, convert)
+    pending = model_cache.open_entry(gguf, convert)
+    assert pending.verified() == pending.path and not pending.rebuilt and convert.calls == 1
+    weights = pending.path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[3] ^= 0x01  # same size: the quick check passes, only the hash can tell
+    weights.write_bytes(bytes(data))
+    pending = model_cache.open_entry(gguf, convert)
+    assert convert.calls == 1  # not rebuilt yet: the size check passed
+    assert pending.verified() == pending.path and pending.rebuilt and convert.calls == 2
+    assert "does not match its recorded sha256" in capsys.readouterr().err
+    assert why_invalid(pending.path) is None
