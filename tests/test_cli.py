@@ -248,6 +248,17 @@ def test_steering_spec_and_config_are_checked_against_the_model_first(tmp_path, 
     _refused(["generate", "--prompt", "Hi.", "--config", "-1"], capsys, "argument --config")
 
 
+def test_serve_checks_its_specs_and_limits_before_the_model_loads(tmp_path, capsys, no_model):
+    pytest.importorskip("uvicorn")
+    good = f"a={_spec_dir(tmp_path)}"
+    _refused(["serve", "--steering", f"wide={_spec_dir(tmp_path, d_in=32)}"], capsys, "--steering wide=", "d_model=32")
+    _refused(["serve", "--steering", f"missing={tmp_path / 'nowhere'}"], capsys, "--steering")
+    _refused(["serve", "--steering", good, "--steering", good], capsys, "--steering", "twice")
+    _refused(["serve", "--steering", "no-directory"], capsys, "NAME=DIR")
+    _refused(["serve", "--port", "70000"], capsys, "argument --port")
+    _refused(["serve", "--default-max-tokens", "90", "--max-tokens", "80"], capsys, "--default-max-tokens 90")
+
+
 def test_other_arguments_checked_up_front(tmp_path, capsys, no_model):
     out = ["--out", str(tmp_path / "o")]
     _refused(["discover", "concise", "--instruction", "Use no adjectives.", "--sae", _sae_dir(tmp_path), *out],

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..cliargs import (UsageError, add_command, add_model_arguments, check_spec_shape, load_spec, model_shape,
+                       nonnegative_int, positive_float, positive_int, prepare_run, torch_dtype)
+
 
 def parse_named_spec(text: str) -> tuple[str, str]:
     """``"NAME=DIR"`` → (NAME, DIR)."""
@@ -29,23 +32,29 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
     except ImportError:
-        raise SystemExit("pysteer serve needs FastAPI and uvicorn: pip install \"pysteer[serve]\"") from None
-    import torch
+        raise UsageError("pysteer serve needs FastAPI and uvicorn: pip install \"pysteer[serve]\"") from None
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     from ..models import load_model
-    from ..spec import SteeringSpec
     from .continuous import SteeredEngine
     from .server import ServerLimits, build_app
 
+    # Everything that can be wrong fails here, before the model loads.
+    prepare_run(args)
     names = [name for name, _ in args.steering]
-    if len(set(names)) != len(names):
-        raise SystemExit(f"--steering: a name is given twice ({', '.join(names)})")
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(args.model, dtype=dtype, device=device)
-    specs = {name: SteeringSpec.load(directory) for name, directory in args.steering}
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UsageError(f"--steering: the name(s) {', '.join(repeated)} are given twice")
+    if args.default_max_tokens > args.max_tokens:
+        raise UsageError(f"--default-max-tokens {args.default_max_tokens} exceeds --max-tokens {args.max_tokens}")
+    shape = model_shape(args.model)
+    specs = {}
+    for name, directory in args.steering:
+        specs[name] = load_spec(directory)
+        check_spec_shape(specs[name], shape, flag=f"--steering {name}={directory}")
+
+    model, tokenizer = load_model(args.model, dtype=torch_dtype(args.dtype), device=args.device)
     generation = GenerationConfig(max_new_tokens=args.max_tokens, do_sample=False,
                                   eos_token_id=model.generation_config.eos_token_id,
                                   pad_token_id=tokenizer.pad_token_id)
@@ -63,26 +72,32 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     """Add ``serve`` to a ``pysteer`` subparsers object."""
-    p = subparsers.add_parser("serve", help="OpenAI-compatible server with per-request steering",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(subparsers, "serve", help="OpenAI-compatible server with per-request steering",
+                    description=__doc__)
     p.add_argument("--steering", action="append", default=[], type=parse_named_spec, metavar="NAME=DIR",
                    help="offer the steering spec in DIR as NAME (repeatable)")
-    p.add_argument("--model", default=None, help="a local HF model directory or .gguf (default: the embedded "
-                   "SmolLM2-135M-Instruct)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--max-batch-tokens", type=int, default=256, help="tokens per engine step (default 256)")
-    p.add_argument("--num-blocks", type=int, default=None, help="KV cache pages (default: sized by transformers)")
-    p.add_argument("--page-size", type=int, default=64, help="tokens per KV cache page (default 64)")
-    p.add_argument("--spare-rows", type=int, default=16,
-                   help="scaled configurations that can be in flight at once (default 16)")
-    p.add_argument("--default-max-tokens", type=int, default=64, help="new tokens when a request names none")
-    p.add_argument("--max-tokens", type=int, default=1024, help="the most new tokens a request may ask for")
-    p.add_argument("--max-prompt-tokens", type=int, default=4096)
-    p.add_argument("--drain-timeout", type=float, default=60.0,
-                   help="seconds shutdown waits for requests in flight (default 60)")
-    p.add_argument("--log-level", default="info")
+    add_model_arguments(p, dtype=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=port_number, default=8000, help="port to listen on")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=256, help="tokens per engine step")
+    p.add_argument("--num-blocks", type=positive_int, default=None,
+                   help="KV cache pages (default: sized by transformers)")
+    p.add_argument("--page-size", type=positive_int, default=64, help="tokens per KV cache page")
+    p.add_argument("--spare-rows", type=nonnegative_int, default=16,
+                   help="scaled configurations that can be in flight at once")
+    p.add_argument("--default-max-tokens", type=positive_int, default=64, help="new tokens when a request names none")
+    p.add_argument("--max-tokens", type=positive_int, default=1024, help="the most new tokens a request may ask for")
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=4096, help="the longest prompt accepted")
+    p.add_argument("--drain-timeout", type=positive_float, default=60.0,
+                   help="seconds shutdown waits for requests in flight")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level")
     p.set_defaults(run=run_serve)
     return p
+
+
+def port_number(text: str) -> int:
+    port = positive_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (1-65535), got {text!r}")
+    return port
