@@ -138,7 +138,14 @@ def save_tensors(path: "str | os.PathLike", tensors: dict) -> None:
     (safetensors creates its files private, 0o600)."""
     from safetensors.torch import save_file
 
-    save_file(tensors, str(path))
+    # safetensors refuses tensors that share storage (two interventions made from one SAE
+    # hold views of the same bias); each name gets its own copy of a shared buffer.
+    storages: dict[int, int] = {}
+    for tensor in tensors.values():
+        storages[tensor.untyped_storage().data_ptr()] = storages.get(tensor.untyped_storage().data_ptr(), 0) + 1
+    owned = {name: tensor.clone() if storages[tensor.untyped_storage().data_ptr()] > 1 else tensor
+             for name, tensor in tensors.items()}
+    save_file(owned, str(path))
     os.chmod(path, 0o666 & ~current_umask())
 
 

@@ -351,3 +351,12 @@ def test_reprs_are_short_and_name_what_matters():
     both = repr(SteeringSpec([dense, DenseIntervention(layer=3, directions=torch.randn(64),
                                                        coefficients=[[0.5]])]))
     assert both.count("\n") == 3 and len(both) < 400
+
+
+def test_two_interventions_from_one_sae_save_and_load_back(tmp_path):
+    """They hold views of the same SAE bias; safetensors alone would refuse shared memory."""
+    sae = random_sae(d_in=32, d_sae=64, seed=3)
+    spec = SteeringSpec([SparseIntervention.from_sae(sae, [1, 2], torch.ones(1, 2), layer=1),
+                         SparseIntervention.from_sae(sae, [3], torch.ones(1, 1), layer=2)])
+    loaded = SteeringSpec.load(spec.save(tmp_path / "spec"))
+    _assert_same(spec, loaded)

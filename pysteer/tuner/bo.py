@@ -12,6 +12,18 @@ a GP to all (x, reward) pairs so far and proposes q new candidates at once:
 qLogNoisyExpectedImprovement suits the objective: rewards are measured on prompt
 minibatches, so they are noisy, and q candidates are chosen jointly.
 
+With a :class:`~pysteer.tuner.outcomes.Goal` (``objective=``, ``constraints=``) the GP
+models every named outcome y_1..y_m separately (one multi-output SingleTaskGP, an
+independent GP with its own hyperparameters per outcome, each standardised):
+
+    one objective     U* = argmax qLogNEI(U)   objective y_1, constraints c_k(y) ≤ 0 on the
+                                               joint posterior samples (BoTorch ``constraints=``)
+    several           U* = argmax qLogNEHVI(U) over the signed objectives, same constraints,
+                                               reference point r (see Goal), q chosen greedily
+
+and the result is the best *feasible* record (and, with several objectives, the
+feasible Pareto set), see :mod:`pysteer.tuner.outcomes`.
+
 Reproducible: round r's randomness (Sobol scrambling, QMC base samples, the
 acquisition optimiser's starting points) is seeded by (seed, r) alone and its GP is
 fitted to the history as stored in JSON, so an interrupted run that is resumed
@@ -23,7 +35,7 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -32,8 +44,10 @@ from tqdm.auto import tqdm
 
 from .bounds import Box, SearchSpace, TunerError
 from .history import History, Record, json_safe, plot_history
+from .outcomes import ConstraintsArg, Goal
 
 HISTORY_FILE, BEST_SPEC_DIR, PLOT_FILE = "history.json", "best_spec", "reward.png"
+PARETO_FILE, PARETO_DIR = "pareto.json", "pareto"
 
 Objective = Callable[[torch.Tensor], Sequence[dict]]
 
@@ -53,9 +67,23 @@ class AcquisitionOptions:
 
 @dataclass
 class TuneResult:
+    """``best`` is the best feasible record; when no record met every bound, ``feasible`` is
+    False and ``best`` is the least-violating record (flagged, never passed off as feasible).
+    ``pareto``: the feasible non-dominated records (several objectives), else ``[best]`` if feasible."""
+
     history: History
     best: Record
     out_dir: Path
+    feasible: bool = True
+    pareto: list[Record] = field(default_factory=list)
+
+    @property
+    def goal(self) -> Goal:
+        return self.history.goal
+
+    @property
+    def pareto_path(self) -> Path:
+        return self.out_dir / PARETO_FILE
 
     @property
     def history_path(self) -> Path:
@@ -88,7 +116,8 @@ def initial_design(box: Box, n: int, seed: int, initial: Optional[torch.Tensor] 
 
 def propose(history: History, q: int, round_index: int,
             options: Optional[AcquisitionOptions] = None) -> torch.Tensor:
-    """q candidates [q, d] (box units) from a GP fitted to ``history`` and qLogNEI."""
+    """q candidates [q, d] (box units) from a GP fitted to ``history`` and qLogNEI (or, for a
+    history with a non-default goal, the goal's acquisition: see the module docstring)."""
     from botorch.acquisition.logei import qLogNoisyExpectedImprovement
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
@@ -102,7 +131,11 @@ def propose(history: History, q: int, round_index: int,
     if not history.records:
         raise TunerError("propose needs at least one evaluated candidate")
     X = box.normalize(torch.tensor([r.candidate for r in history.records], dtype=torch.float64))
-    Y = torch.tensor([[r.reward] for r in history.records], dtype=torch.float64)
+    goal = history.goal
+    if goal.is_default:
+        Y = torch.tensor([[r.reward] for r in history.records], dtype=torch.float64)
+    else:
+        Y = torch.tensor([[r.outcome(n) for n in goal.outcomes] for r in history.records], dtype=torch.float64)
     seed = round_seed(history.seed, round_index)
     unit = torch.stack([torch.zeros(box.d), torch.ones(box.d)]).to(torch.float64)
     threads = torch.get_num_threads()
@@ -114,17 +147,64 @@ def propose(history: History, q: int, round_index: int,
             torch.manual_seed(seed)
             # Constant or few rewards make BoTorch warn about data and fitting; the GP is still usable.
             warnings.filterwarnings("ignore", module=r"botorch|gpytorch|linear_operator")
-            gp = SingleTaskGP(X, Y, outcome_transform=Standardize(m=1))
+            gp = SingleTaskGP(X, Y, outcome_transform=Standardize(m=Y.shape[1]))
             fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
             sampler = SobolQMCNormalSampler(sample_shape=torch.Size([options.mc_samples]), seed=seed)
-            acq = qLogNoisyExpectedImprovement(gp, X_baseline=X, sampler=sampler, prune_baseline=True)
+            if goal.is_default:
+                acq = qLogNoisyExpectedImprovement(gp, X_baseline=X, sampler=sampler, prune_baseline=True)
+            else:
+                acq = _goal_acquisition(goal, gp, X, Y, sampler)
             U, _ = optimize_acqf(acq, bounds=unit, q=q, num_restarts=options.num_restarts,
-                                 raw_samples=options.raw_samples,
+                                 raw_samples=options.raw_samples, sequential=goal.multi,
                                  options={"seed": seed, "maxiter": options.maxiter,
                                           "batch_limit": options.num_restarts})
     finally:
         torch.set_num_threads(threads)
     return box.unnormalize(U.detach().clamp(0.0, 1.0))
+
+
+def _constraint_callables(goal: Goal) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """One callable per bound on posterior samples Z [..., q, m]: ≤ 0 where the bound holds."""
+    out = []
+    for c in goal.constraints:
+        j, b = goal.outcomes.index(c.outcome), c.bound
+        out.append((lambda Z, j=j, b=b: Z[..., j] - b) if c.op == "<=" else (lambda Z, j=j, b=b: b - Z[..., j]))
+    return out
+
+
+def reference_point(goal: Goal, Y: torch.Tensor) -> torch.Tensor:
+    """The hypervolume reference point [k] in the signed (maximised) objectives: the goal's
+    own, else BoTorch's ``infer_reference_point`` over the feasible rows of ``Y`` [n, m]
+    (all rows when none is feasible): their nadir moved 10% of their range outwards."""
+    from botorch.utils.multi_objective import infer_reference_point, is_non_dominated
+
+    names, signs = goal.names_signs
+    if goal.ref_point is not None:
+        return torch.tensor([s * goal.ref_point[n] for n, s in zip(names, signs)], dtype=torch.float64)
+    signed = Y[:, :len(names)] * torch.tensor(signs, dtype=torch.float64)
+    ok = torch.tensor([goal.feasible(dict(zip(goal.outcomes, row.tolist()))) for row in Y], dtype=torch.bool)
+    pool = signed[ok] if ok.any() else signed
+    return infer_reference_point(pool[is_non_dominated(pool)])
+
+
+def _goal_acquisition(goal: Goal, gp: Any, X: torch.Tensor, Y: torch.Tensor, sampler: Any) -> Any:
+    from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+    from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+    from botorch.acquisition.multi_objective.objective import WeightedMCMultiOutputObjective
+    from botorch.acquisition.objective import GenericMCObjective
+
+    names, signs = goal.names_signs
+    constraints = _constraint_callables(goal) or None
+    if not goal.multi:
+        sign = signs[0]
+        objective = GenericMCObjective(lambda Z, X=None: sign * Z[..., 0])
+        return qLogNoisyExpectedImprovement(gp, X_baseline=X, sampler=sampler, objective=objective,
+                                            constraints=constraints, prune_baseline=True)
+    objective = WeightedMCMultiOutputObjective(torch.tensor(signs, dtype=torch.float64),
+                                               outcomes=list(range(len(names))))
+    return qLogNoisyExpectedHypervolumeImprovement(gp, ref_point=reference_point(goal, Y), X_baseline=X,
+                                                   sampler=sampler, objective=objective,
+                                                   constraints=constraints, prune_baseline=True)
 
 
 def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> Optional[History]:
@@ -136,9 +216,10 @@ def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> Optional[Histo
         if not overwrite:
             raise FileExistsError(f"{path} exists: resume it (resume=True / drop --no-resume) or pass "
                                   f"overwrite=True (--overwrite) to start over")
-        for name in (HISTORY_FILE, PLOT_FILE):
+        for name in (HISTORY_FILE, PLOT_FILE, PARETO_FILE):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / BEST_SPEC_DIR, ignore_errors=True)
+        shutil.rmtree(out / PARETO_DIR, ignore_errors=True)
         return None
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and holds no {HISTORY_FILE}: choose a new output "
@@ -146,7 +227,8 @@ def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> Optional[Histo
     return None
 
 
-def _check_compatible(history: History, box: Box, seed: int, q: int, n_init: int, path: Path) -> None:
+def _check_compatible(history: History, box: Box, seed: int, q: int, n_init: int, path: Path,
+                      goal: Optional[Goal] = None) -> None:
     for name, saved, now in (("seed", history.seed, seed), ("q", history.q, q),
                              ("n_init", history.n_init, n_init)):
         if saved != now:
@@ -155,13 +237,29 @@ def _check_compatible(history: History, box: Box, seed: int, q: int, n_init: int
     if not history.box.same_as(box):
         raise TunerError(f"{path}: the saved run searched a different box (other features or bounds); "
                          f"use a new output directory")
+    describe = getattr(box, "describe", None)
+    saved_space = history.settings.get("space")
+    if callable(describe) and saved_space is not None and json_safe(describe()) != saved_space:
+        raise TunerError(f"{path}: the saved run searched a different parametrisation (other groups or "
+                         f"scales); use a new output directory")
+    goal = goal or Goal()
+    if goal.to_dict() != history.goal.to_dict():
+        raise TunerError(f"{path}: the saved run's goal was '{history.goal.describe()}', this call's is "
+                         f"'{goal.describe()}' (other objectives, outcome constraints or reference point); "
+                         f"use the same ones to resume, or a new output directory")
 
 
-def _check_results(results: Any, q: int, round_index: int) -> list[dict]:
+def _check_results(results: Any, q: int, round_index: int, goal: Optional[Goal] = None) -> list[dict]:
     if not isinstance(results, (list, tuple)) or len(results) != q:
         raise TunerError(f"round {round_index}: the objective must return a list of {q} dicts "
                          f"(one per candidate), got {type(results).__name__}"
                          + (f" of length {len(results)}" if hasattr(results, "__len__") else ""))
+    if goal is not None and not goal.is_default:
+        for i, res in enumerate(results):
+            if not isinstance(res, dict):
+                raise TunerError(f"round {round_index}: result {i} must be a dict of outcomes")
+            goal.values(res, f"round {round_index}, candidate {i}")
+        return list(results)
     for i, res in enumerate(results):
         if not isinstance(res, dict) or "reward" not in res:
             raise TunerError(f"round {round_index}: result {i} must be a dict with a 'reward'")
@@ -171,17 +269,62 @@ def _check_results(results: Any, q: int, round_index: int) -> list[dict]:
     return list(results)
 
 
+def _record(goal: Goal, r: int, i: int, proposer: str, x: torch.Tensor, res: dict, seconds: float) -> Record:
+    """One result dict → a Record; with a goal, the (signed) first objective is its reward and
+    every returned value, "reward" included, stays in its metrics."""
+    if goal.is_default:
+        metrics = json_safe({k: v for k, v in res.items() if k != "reward"})
+        return Record(r, i, proposer, x.tolist(), float(res["reward"]), metrics, seconds)
+    values = goal.values(res, f"round {r}, candidate {i}")
+    names, signs = goal.names_signs
+    own_reward = names[0] == "reward" and signs[0] > 0  # stored as Record.reward: not repeated
+    metrics = json_safe({k: v for k, v in res.items() if not (own_reward and k == "reward")})
+    feasible = goal.feasible(values) if goal.constraints else None
+    violation = goal.violation(values) if goal.constraints else None
+    return Record(r, i, proposer, x.tolist(), goal.signed(values)[0], metrics, seconds, feasible, violation)
+
+
+def _spec_of(box: SearchSpace, history: History, rec: Record, **extra: Any):
+    spec = box.spec_for(torch.tensor([rec.candidate], dtype=torch.float64))
+    info = {"reward": rec.reward, "round": rec.round, "index": rec.index, "seed": history.seed,
+            "metrics": rec.metrics, "coordinates": box.names, "history": HISTORY_FILE}
+    if not history.goal.is_default:
+        info.update(goal=history.goal.to_dict(), feasible=rec.feasible is not False, violation=rec.violation)
+    spec.metadata = {**spec.metadata, "tuner": {**info, **extra}}
+    return spec
+
+
+def _write_pareto(history: History, box: Box, out: Path) -> None:
+    """``pareto.json`` (the feasible Pareto records with their objectives) and, for a
+    :class:`SearchSpace`, one spec per Pareto record under ``pareto/<i>/``."""
+    from ..fileio import write_json_atomic
+
+    front = history.pareto()
+    names = history.goal.names_signs[0]
+    shutil.rmtree(out / PARETO_DIR, ignore_errors=True)
+    rows = []
+    for i, rec in enumerate(front):
+        row = {"round": rec.round, "index": rec.index, "candidate": rec.candidate,
+               "objectives": {n: rec.outcome(n) for n in names},
+               "outcomes": {n: rec.outcome(n) for n in history.goal.outcomes}}
+        if isinstance(box, SearchSpace):
+            _spec_of(box, history, rec, pareto_index=i).save(out / PARETO_DIR / str(i), overwrite=True)
+            row["spec"] = f"{PARETO_DIR}/{i}"
+        rows.append(row)
+    write_json_atomic(out / PARETO_FILE, json_safe({"goal": history.goal.to_dict(), "feasible": bool(front),
+                                                   "pareto": rows}), allow_nan=False)
+
+
 def _write_outputs(history: History, box: Box, out: Path, plot: bool) -> None:
     history.save(out / HISTORY_FILE)
     best = history.best()
     if best is None:
         return
     if isinstance(box, SearchSpace):
-        spec = box.spec_for(torch.tensor([best.candidate], dtype=torch.float64))
-        spec.metadata = {**spec.metadata, "tuner": {
-            "reward": best.reward, "round": best.round, "index": best.index, "seed": history.seed,
-            "metrics": best.metrics, "coordinates": box.names, "history": HISTORY_FILE}}
-        spec.save(out / BEST_SPEC_DIR, overwrite=True)  # ours: the directory holds our history
+        # ours: the directory holds our history
+        _spec_of(box, history, best).save(out / BEST_SPEC_DIR, overwrite=True)
+    if history.goal.multi:
+        _write_pareto(history, box, out)
     if plot:
         plot_history(history, out / PLOT_FILE)
 
@@ -190,8 +333,21 @@ def tune(evaluate: Objective, box: Box, out_dir: Union[str, Path], *, rounds: in
          seed: int = 0, n_init: Optional[int] = None, initial: Optional[torch.Tensor] = None,
          resume: bool = True, overwrite: bool = False, progress: bool = True,
          options: Optional[AcquisitionOptions] = None,
-         settings: Optional[dict[str, Any]] = None) -> TuneResult:
+         settings: Optional[dict[str, Any]] = None,
+         objective: Union[None, str, Sequence[str]] = None, constraints: ConstraintsArg = None,
+         ref_point: Optional[dict[str, float]] = None) -> TuneResult:
     """Maximise ``evaluate`` over ``box`` for ``rounds`` rounds; returns the history and best.
+
+    By default the scalar ``"reward"`` is maximised. ``objective`` names another outcome of
+    the result dicts to maximise (``"-name"`` minimises it) or, as a list of two or more,
+    the objectives of a multi-objective run (qLogNEHVI; ``ref_point`` in their own units,
+    default inferred: see :class:`~pysteer.tuner.outcomes.Goal`). ``constraints`` bounds
+    outcomes, ``{"degenerate_rate": ("<=", 0.1), "rr": (">=", 0.9)}``: every named outcome
+    gets its own GP, the acquisition weighs candidates by their probability of meeting
+    the bounds, and ``best`` is the best *feasible* record (``TuneResult.feasible`` is
+    False, with a warning, when none is; ``best`` is then the least-violating one).
+    A multi-objective run also writes ``pareto.json`` and ``pareto/<i>/`` (one spec per
+    feasible Pareto record when ``box`` is a :class:`SearchSpace`).
 
     ``evaluate(X)`` takes candidates X [k, d] (float64, box units) and returns k dicts
     with a ``"reward"`` (higher is better) and any metrics. If it has a
@@ -212,15 +368,18 @@ def tune(evaluate: Objective, box: Box, out_dir: Union[str, Path], *, rounds: in
     if n_init < 1:
         raise TunerError(f"n_init must be at least 1, got {n_init}")
     options = options or AcquisitionOptions()
+    goal = Goal.make(objective, constraints, ref_point)
     out = Path(out_dir)
     history = _prepare_out_dir(out, resume, overwrite)
     if history is None:
+        extra = {"space": json_safe(box.describe())} if callable(getattr(box, "describe", None)) else {}
         history = History(int(seed), int(q), n_init, Box(box.lower, box.upper, box.names, box.sources),
-                          settings={"acquisition": options.to_dict(), **json_safe(settings or {})})
+                          settings={"acquisition": options.to_dict(), **json_safe(settings or {}), **extra},
+                          goal=goal)
         out.mkdir(parents=True, exist_ok=True)
         history.save(out / HISTORY_FILE)  # claims the directory before the first evaluation
     else:
-        _check_compatible(history, box, int(seed), int(q), n_init, out / HISTORY_FILE)
+        _check_compatible(history, box, int(seed), int(q), n_init, out / HISTORY_FILE, goal)
     history.settings["rounds"] = rounds
 
     if callable(getattr(evaluate, "open", None)):
@@ -232,19 +391,18 @@ def tune(evaluate: Objective, box: Box, out_dir: Union[str, Path], *, rounds: in
             if r == 0:
                 X, proposers = initial_design(box, n_init, history.seed, initial)
             else:
-                X, proposers = propose(history, q, r, options), ["qLogNEI"] * q
+                X, proposers = propose(history, q, r, options), [goal.acquisition] * q
             if hasattr(evaluate, "set_round"):
                 evaluate.set_round(r)
             start = time.perf_counter()
-            results = _check_results(evaluate(X.clone()), X.shape[0], r)
+            results = _check_results(evaluate(X.clone()), X.shape[0], r, goal)
             seconds = time.perf_counter() - start
             for i, (x, res, proposer) in enumerate(zip(X, results, proposers)):
-                metrics = json_safe({k: v for k, v in res.items() if k != "reward"})
-                history.records.append(Record(r, i, proposer, x.tolist(), float(res["reward"]),
-                                              metrics, round(seconds, 4)))
+                history.records.append(_record(goal, r, i, proposer, x, res, round(seconds, 4)))
             _write_outputs(history, box, out, plot=False)  # plotting every round costs ~0.5 s
             bar.update(1)
-            bar.set_postfix(best=f"{history.best().reward:.4g}")
+            bar.set_postfix(best=f"{history.best().reward:.4g}"
+                            + ("" if history.best_is_feasible() else " (infeasible)"))
     except BaseException:
         if history.records:  # leave a plot of what was done; the history is already saved
             plot_history(history, out / PLOT_FILE)
@@ -256,4 +414,10 @@ def tune(evaluate: Objective, box: Box, out_dir: Union[str, Path], *, rounds: in
     if not history.records:
         raise TunerError("no candidate was evaluated")
     _write_outputs(history, box, out, plot=True)  # also refreshes a resumed, already finished run
-    return TuneResult(history, history.best(), out)
+    feasible = history.best_is_feasible()
+    if not feasible:
+        best = history.best()
+        warnings.warn(f"tune: no evaluated candidate meets every bound ({goal.describe()}); the result is the "
+                      f"least-violating one (round {best.round}, candidate {best.index}, violation "
+                      f"{best.violation:.3g}), flagged infeasible", stacklevel=2)
+    return TuneResult(history, history.best(), out, feasible, history.pareto())

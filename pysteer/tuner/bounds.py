@@ -312,3 +312,108 @@ def _sparse_range(edit: FeatureEdit, stats: dict[str, float], table, add_max_mul
         lo, hi = table["add" if edit == FeatureEdit.ADD else "set"]
         return float(lo), float(hi), "default"
     return (-ref, ref, why) if edit == FeatureEdit.ADD else (0.0, ref, why)
+
+
+# ------------------------------------------------------------------------ grouped (low-dimensional)
+
+GROUPINGS = ("sign", "intervention", "all")
+
+
+class GroupedSearchSpace(SearchSpace):
+    """One strength per feature group times fixed per-feature scales: a box of k ≪ d dims.
+
+    Coordinate j of the full space (group g(j), scale b_j) gets
+
+        x_full[j] = s[g(j)] · b_j                           expand: [q, k] → [q, d]
+
+    and every table and spec is the full space's for ``expand(S)``, so a grouped candidate
+    steers exactly as the full candidate it expands to. ``vector(spec)`` goes back by least
+    squares per group, s_g = Σ_j∈g x_j b_j / Σ_j∈g b_j² (exact when the spec's row is on the
+    grouped subspace, e.g. the template under template scales: s = 1).
+    """
+
+    def __init__(self, full: SearchSpace, group_of: Sequence[int], labels: Sequence[str],
+                 scales: torch.Tensor, lower, upper, sources: Sequence[str]) -> None:
+        self.full = full
+        self.template, self.coords = full.template, full.coords
+        self.group_of = torch.as_tensor(list(group_of), dtype=torch.long)
+        self.labels = list(labels)
+        self.scales = torch.as_tensor(scales, dtype=torch.float64).flatten().clone()
+        if self.group_of.numel() != full.d or self.scales.numel() != full.d:
+            raise TunerError(f"grouped space: {full.d} coordinates but {self.group_of.numel()} group "
+                             f"indices and {self.scales.numel()} scales")
+        counts = torch.bincount(self.group_of, minlength=len(self.labels)).tolist()
+        Box.__init__(self, lower, upper, [f"group:{g}[{n}]" for g, n in zip(self.labels, counts)], list(sources))
+
+    def expand(self, X: torch.Tensor) -> torch.Tensor:
+        """Strengths ``X`` [q, k] (or [k]) → full coefficient vectors [q, d] (float64)."""
+        X = torch.as_tensor(X, dtype=torch.float64)
+        if X.ndim == 1:
+            X = X.unsqueeze(0)
+        if X.ndim != 2 or X.shape[1] != self.d:
+            raise TunerError(f"candidates must be [q, {self.d}], got {tuple(X.shape)}")
+        return X[:, self.group_of] * self.scales
+
+    def tables(self, X: torch.Tensor) -> list[torch.Tensor]:
+        return self.full.tables(self.expand(X))
+
+    def vector(self, spec: Optional[SteeringSpec] = None, row: int = 0) -> torch.Tensor:
+        x = self.full.vector(spec, row)
+        out = torch.zeros(self.d, dtype=torch.float64)
+        for g in range(self.d):
+            b = self.scales[self.group_of == g]
+            norm = float((b * b).sum())
+            out[g] = float((x[self.group_of == g] * b).sum()) / norm if norm > 0 else 0.0
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """What defines the parametrisation (saved in the history; resuming checks it)."""
+        return {"kind": "grouped", "groups": self.labels, "coordinates": self.full.names,
+                "group_of": self.group_of.tolist(), "scales": self.scales.tolist()}
+
+
+def grouped_search_space(template: Union[SteeringSpec, SearchSpace],
+                         stats: Union[None, str, Path, Mapping, FeatureStatsTable] = None, *,
+                         groups: Union[str, Sequence[Any]] = "sign",
+                         strength: Optional[tuple[float, float]] = None,
+                         **full_kwargs: Any) -> GroupedSearchSpace:
+    """A :class:`GroupedSearchSpace` over ``template``'s tunable coefficients.
+
+    ``groups``: ``"sign"`` — supportive (template coefficient ≥ 0) and opposing (< 0);
+    ``"intervention"`` — one strength per intervention (``L<layer>#<n>``); ``"all"`` — one
+    strength; or a label per full coordinate. Empty groups are dropped.
+
+    Scales b_j: with activation statistics for the coordinate (the full space's range came
+    from them), sign(c_j) · the full range's reference (a_max, or add_mean_multiple·a_mean),
+    so s = 1 reaches the full box's edge; otherwise the template's own coefficient c_j, so
+    s = 1 is the template (a zero coefficient then stays zero). Strength bounds
+    (``strength`` overrides): [0, 1] for a group whose scales all come from statistics,
+    else [0, 2] (the template in the middle). ``full_kwargs`` go to :func:`search_space`.
+    """
+    full = template if isinstance(template, SearchSpace) else search_space(template, stats, **full_kwargs)
+    c = full.vector()
+    from_stats = [src.startswith("stats:") for src in full.sources]
+    sign = torch.where(c < 0, -1.0, 1.0).to(torch.float64)
+    scales = torch.where(torch.tensor(from_stats), sign * full.upper.abs(), c)
+    if isinstance(groups, str):
+        if groups == "sign":
+            per = ["supportive" if float(v) >= 0 else "opposing" for v in c]
+        elif groups == "intervention":
+            per = [f"L{full.template.interventions[k.intervention].layer}#{k.intervention}" for k in full.coords]
+        elif groups == "all":
+            per = ["all"] * full.d
+        else:
+            raise TunerError(f"groups must be one of {GROUPINGS} or a label per coordinate, got {groups!r}")
+    else:
+        per = [str(g) for g in groups]
+        if len(per) != full.d:
+            raise TunerError(f"groups: {len(per)} labels for {full.d} coordinates ({full.names[:3]}...)")
+    labels = list(dict.fromkeys(per))  # first-seen order
+    group_of = [labels.index(p) for p in per]
+    lower, upper, sources = [], [], []
+    for g in range(len(labels)):
+        all_stats = all(s for s, k in zip(from_stats, group_of) if k == g)
+        lo, hi = strength if strength is not None else (0.0, 1.0 if all_stats else 2.0)
+        lower.append(float(lo)), upper.append(float(hi))
+        sources.append("user" if strength is not None else ("strength:stats" if all_stats else "strength:template"))
+    return GroupedSearchSpace(full, group_of, labels, scales, lower, upper, sources)

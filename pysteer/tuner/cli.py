@@ -4,6 +4,9 @@
                  --rounds 10 --q 8 --minibatch 8 --out tuned
     pysteer tune ... --bounds=-6,6            (a uniform box; note the '=' before a negative number)
     pysteer tune ... --stats found_spec/stats.json   (bounds from feature activation statistics)
+    pysteer tune ... --objective ifr_loose --max-degenerate 0.1 --min-rr 0.9   (IFR inside quality bounds)
+    pysteer tune ... --multi-objective ifr_loose,-degenerate_rate              (the Pareto set: pareto.json)
+    pysteer tune ... --space grouped --groups sign   (one strength per group: supportive, opposing)
 
 Rerunning with the same ``--out`` continues the saved run. The result is ``tuned/best_spec``
 (a steering spec: ``pysteer generate --steering tuned/best_spec``), ``tuned/history.json``
@@ -17,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from ..cliargs import (add_command, add_model_arguments, check_spec_shape, load_spec, model_shape,
+from ..cliargs import (add_command, add_model_arguments, check_spec_shape, fraction, load_spec, model_shape,
                        positive_int, prepare_run, torch_dtype)
 from ..evaluation.cli import INSTRUCTION_FILTER_HELP, instruction_ids
 from ..evaluation.defaults import DEFAULT_WEIGHTS
@@ -60,6 +63,37 @@ def parse_bounds(text: Optional[str]) -> Optional[tuple[float, float]]:
     return lo, hi
 
 
+# What BatchedObjective returns per candidate (pysteer.tuner.objective._score): the outcomes
+# --objective / --multi-objective may name. A perplexity *ratio* to the unsteered model's own
+# responses is not among them yet, so there is no --max-ppl-ratio.
+OUTCOMES = ("reward", "ifr_loose", "ifr_strict", "rr", "oq", "degenerate_rate", "mean_perplexity")
+
+
+def parse_objectives(text: Optional[str]) -> Optional[list[str]]:
+    """``"ifr_loose,-degenerate_rate"`` → ["ifr_loose", "-degenerate_rate"]; ``--multi-objective``'s type."""
+    if text is None:
+        return None
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bare = [n.lstrip("+-") for n in names]
+    unknown = sorted(set(bare) - set(OUTCOMES))
+    if len(names) < 2 or unknown or len(set(bare)) != len(bare):
+        raise argparse.ArgumentTypeError(f"expected two or more distinct outcomes of {', '.join(OUTCOMES)}, "
+                                         f"'-' to minimise (e.g. ifr_loose,-degenerate_rate); got {text!r}")
+    return names
+
+
+def goal_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """``tune``'s objective= and constraints= from the flags (no torch needed)."""
+    constraints = {}
+    if args.max_degenerate is not None:
+        constraints["degenerate_rate"] = ("<=", args.max_degenerate)
+    if args.min_rr is not None:
+        constraints["rr"] = (">=", args.min_rr)
+    objective = args.multi_objective or args.objective
+    return {"objective": None if objective == "reward" and not constraints else objective,
+            "constraints": constraints or None}
+
+
 def _load_prompts(args: argparse.Namespace) -> list:
     from ..evaluation import builtin_prompts, load_prompts_jsonl
     from .bounds import TunerError
@@ -80,7 +114,7 @@ def _load_prompts(args: argparse.Namespace) -> list:
     return prompts
 
 
-def _check_out(args: argparse.Namespace, space: Any) -> None:
+def _check_out(args: argparse.Namespace, space: Any, goal: Any = None) -> None:
     """``tune``'s refusals about ``--out`` (a run it may not resume or replace), made before the
     model loads; :func:`pysteer.tuner.tune` makes them again when it starts."""
     from .bo import HISTORY_FILE, _check_compatible
@@ -91,7 +125,7 @@ def _check_out(args: argparse.Namespace, space: Any) -> None:
     if path.exists():
         if not (args.no_resume or args.overwrite):
             _check_compatible(History.load(path), space, args.seed, args.q,
-                              args.q if args.n_init is None else args.n_init, path)
+                              args.q if args.n_init is None else args.n_init, path, goal)
         elif not args.overwrite:
             raise FileExistsError(f"--out {out} holds a run ({HISTORY_FILE}): drop --no-resume to resume it, "
                                   f"or pass --overwrite to start over")
@@ -103,8 +137,9 @@ def _check_out(args: argparse.Namespace, space: Any) -> None:
 def run_tune(args: argparse.Namespace) -> int:
     from ..models import load_model
     from .bo import AcquisitionOptions, tune
-    from .bounds import search_space
+    from .bounds import grouped_search_space, search_space
     from .objective import make_objective
+    from .outcomes import Goal
 
     # Everything that can be wrong with the inputs fails here, before the model loads.
     prepare_run(args)
@@ -112,10 +147,15 @@ def run_tune(args: argparse.Namespace) -> int:
     args.instruction = instruction_ids(args.instruction)
     prompts = _load_prompts(args)
     space = search_space(template, args.stats, bounds=args.bounds)
-    _check_out(args, space)
+    if args.space == "grouped":
+        space = grouped_search_space(space, groups=args.groups)
+    goal_kwargs = goal_arguments(args)
+    goal = Goal.make(goal_kwargs["objective"], goal_kwargs["constraints"])
+    _check_out(args, space, goal)
     check_spec_shape(template, model_shape(args.model))
-    print(f"tuning {space.d} coefficients of {args.steering} on {len(prompts)} prompts "
-          f"({args.mode}, q={args.q}, {args.rounds} rounds, minibatch {args.minibatch})")
+    print(f"tuning {space.d} {'group strengths' if args.space == 'grouped' else 'coefficients'} of "
+          f"{args.steering} on {len(prompts)} prompts ({args.mode}, q={args.q}, {args.rounds} rounds, "
+          f"minibatch {args.minibatch}): {goal.describe()}")
 
     model, tokenizer = load_model(args.model, dtype=torch_dtype(args.dtype), device=args.device)
     objective = make_objective(args.mode, model, tokenizer, space, prompts, weights=args.weights,
@@ -129,10 +169,15 @@ def run_tune(args: argparse.Namespace) -> int:
                   n_init=args.n_init, initial=initial, resume=not (args.no_resume or args.overwrite),
                   overwrite=args.overwrite, progress=not args.quiet,
                   options=AcquisitionOptions(num_restarts=args.restarts, raw_samples=args.raw_samples),
-                  settings=settings)
+                  settings=settings, **goal_kwargs)
     best = result.best
     m = best.metrics
-    print(f"best reward {best.reward:.4f} (round {best.round}, candidate {best.index}): "
+    if not result.feasible:
+        print(f"no candidate met the bounds ({goal.describe()}): best_spec is the least-violating one")
+    if goal.multi:
+        print(f"Pareto set: {len(result.pareto)} feasible candidates in {result.pareto_path}")
+    print(f"best {'reward' if goal.is_default else goal.objectives[0]} {best.reward:.4f} "
+          f"(round {best.round}, candidate {best.index}): "
           f"IFR loose {m.get('ifr_loose', float('nan')):.3f}, RR {m.get('rr', float('nan')):.3f}, "
           f"OQ {m.get('oq', float('nan')):.3f}")
     print(f"wrote {result.best_spec_path} (steer with: pysteer generate --steering {result.best_spec_path}), "
@@ -167,6 +212,21 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
                      "(write --bounds=-6,6 when LO is negative; default: from --stats, else per edit mode)")
     box.add_argument("--stats", default=None, help="JSON of feature activation statistics "
                      "(mean/max per feature) to derive the box from")
+    p.add_argument("--space", choices=["full", "grouped"], default="full",
+                   help="full: one coordinate per coefficient; grouped: one strength per feature group "
+                   "times per-feature scales (from --stats, else the template's coefficients)")
+    p.add_argument("--groups", choices=["sign", "intervention", "all"], default="sign",
+                   help="with --space grouped: supportive/opposing by the template's signs, one per "
+                   "intervention, or one strength for all")
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument("--objective", choices=OUTCOMES, default="reward",
+                      help="the outcome to maximise (default: the weighted reward)")
+    goal.add_argument("--multi-objective", type=parse_objectives, default=None, metavar="A,B[,...]",
+                      help="the Pareto set of these outcomes ('-' minimises one), e.g. ifr_loose,-degenerate_rate")
+    p.add_argument("--max-degenerate", type=fraction, default=None,
+                   help="outcome bound: the degenerate rate must be at most this")
+    p.add_argument("--min-rr", type=fraction, default=None,
+                   help="outcome bound: the response rate must be at least this")
     p.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens generated per response")
     p.add_argument("--no-instruction", action="store_true",
                    help="send base_prompt (the request without the instruction): steering must do it all")
