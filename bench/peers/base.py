@@ -123,13 +123,14 @@ class Peer:
         """Undo whatever the peer did to the model."""
 
 
-def import_reason(module: str, dist: str) -> Optional[str]:
-    """None if ``module`` imports; else why (not installed, or the import error)."""
+def import_reason(module: str, dist: str, install: Optional[str] = None) -> Optional[str]:
+    """None if ``module`` imports; else why (not installed, with ``install``, the command that
+    installs it, or the import error)."""
     try:
         __import__(module)
     except ImportError as exc:
         if package_version(dist) is None:
-            return f"{dist} is not installed (pip install {dist})"
+            return f"{dist} is not installed ({install or 'pip install ' + dist})"
         return f"{dist} {package_version(dist)} is installed but does not import: {type(exc).__name__}: {exc}"
     except Exception as exc:  # e.g. an AttributeError from a numpy-2 incompatibility
         return f"{dist} {package_version(dist)} does not import: {type(exc).__name__}: {exc}"

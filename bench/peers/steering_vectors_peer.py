@@ -22,7 +22,8 @@ class SteeringVectorsPeer(Peer):
 
     @classmethod
     def missing(cls) -> Optional[str]:
-        return import_reason("steering_vectors", cls.dist)
+        # Its metadata pins transformers<5, which would replace the installed transformers.
+        return import_reason("steering_vectors", cls.dist, install="pip install --no-deps steering-vectors")
 
     @contextlib.contextmanager
     def steered(self, rows: Optional[Tensor] = None) -> Iterator[Runner]:

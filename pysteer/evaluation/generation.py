@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..models import decode_new_tokens, encode_prompts
 from ..patching.attach import generation_eos_ids
-from ..patching.scored_generation import generate_and_score
+from ..patching.scored_generation import generate_and_score, response_length
 from .errors import EvaluationError
 
 # The token-level engine, under the name evaluation has always exported.
@@ -58,10 +58,12 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], *, steering=Non
 def generate_for_configs(model, tokenizer, prompts: Sequence[str], *, steering, configs: Sequence[int],
                          score: bool = False, max_new_tokens: int = 64, chat: bool = True,
                          batch_size: Optional[int] = None, score_batch_size: Optional[int] = None,
-                         timings: Optional[dict] = None) -> tuple[list[list[str]], Optional[list[list[float]]]]:
+                         timings: Optional[dict] = None, return_ids: bool = False):
     """Every configuration in ``configs`` (−1: unsteered) answers every prompt, in one
     batched generation per ``batch_size`` prompts (:meth:`pysteer.Steering.generate_configs`):
     (responses[i][p], perplexities[i][p] under the unsteered model when ``score``, else None).
+    With ``return_ids`` a third item comes too: ids[i][p], the response's new token ids
+    before the first end of sequence (the tokens the perplexity is of).
     """
     if steering is None:
         raise EvaluationError("generate_for_configs needs an attached steering (pysteer.steer(model, spec))")
@@ -72,18 +74,22 @@ def generate_for_configs(model, tokenizer, prompts: Sequence[str], *, steering, 
     device = next(model.parameters()).device
     responses: list[list[str]] = [[] for _ in configs]
     perplexities: Optional[list[list[float]]] = [[] for _ in configs] if score else None
+    ids: list[list[tuple[int, ...]]] = [[] for _ in configs]
+    eos = generation_eos_ids(model, tokenizer)
     for start in range(0, len(prompts), size):
         batch = encode_prompts(tokenizer, prompts[start:start + size], chat=chat, device=device)
         out = steering.generate_configs(batch["input_ids"], batch["attention_mask"], configs,
                                         max_new_tokens=max_new_tokens, pad_token_id=_pad_id(tokenizer),
-                                        score=score, eos_token_ids=generation_eos_ids(model, tokenizer),
+                                        score=score, eos_token_ids=eos,
                                         score_batch_size=score_batch_size, timings=timings)
         width = batch["input_ids"].shape[1]
         for i in range(len(configs)):
             responses[i].extend(decode_new_tokens(tokenizer, out.tokens[i], width))
             if score:
                 perplexities[i].extend(out.perplexities[i])
-    return responses, perplexities
+            if return_ids:
+                ids[i].extend(_response_ids(out.tokens[i], width, eos))
+    return (responses, perplexities, ids) if return_ids else (responses, perplexities)
 
 
 @torch.no_grad()
@@ -91,12 +97,14 @@ def generate_with_perplexity(model, tokenizer, prompts: Sequence[str], *, steeri
                              rows: "Union[int, Sequence[int], None]" = None, max_new_tokens: int = 64,
                              chat: bool = True, batch_size: Optional[int] = None,
                              score_batch_size: Optional[int] = None,
-                             timings: Optional[dict] = None) -> tuple[list[str], list[float]]:
+                             timings: Optional[dict] = None, return_ids: bool = False):
     """Steered greedy responses (as :func:`generate_responses`, one row per prompt) and the
     perplexity of each under the *unsteered* model, sharing the work the two have in common
     (:mod:`pysteer.patching.scored_generation`). Empty responses get NaN.
     ``score_batch_size`` rows are scored per forward pass (None: all); ``timings``, a dict,
-    accumulates the seconds of ``prompt_pass_s``, ``generate_s`` and ``score_s``.
+    accumulates the seconds of ``prompt_pass_s``, ``generate_s`` and ``score_s``. With
+    ``return_ids`` a third item comes too: each response's new token ids before the first
+    end of sequence.
     """
     if steering is None:
         raise EvaluationError("generate_with_perplexity needs an attached steering (pysteer.steer(model, spec)); "
@@ -105,16 +113,25 @@ def generate_with_perplexity(model, tokenizer, prompts: Sequence[str], *, steeri
     device = next(model.parameters()).device
     responses: list[str] = []
     perplexities: list[float] = []
+    ids: list[tuple[int, ...]] = []
+    eos = generation_eos_ids(model, tokenizer)
     for start in range(0, len(prompts), size):
         batch = encode_prompts(tokenizer, prompts[start:start + size], chat=chat, device=device)
         steering.set_rows(rows[start:start + size])
         out, values = generate_and_score(
             steering, batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
-            pad_token_id=_pad_id(tokenizer), eos_token_ids=generation_eos_ids(model, tokenizer),
+            pad_token_id=_pad_id(tokenizer), eos_token_ids=eos,
             score_batch_size=score_batch_size, timings=timings)
         responses.extend(decode_new_tokens(tokenizer, out, batch["input_ids"].shape[1]))
         perplexities.extend(values)
-    return responses, perplexities
+        if return_ids:
+            ids.extend(_response_ids(out, batch["input_ids"].shape[1], eos))
+    return (responses, perplexities, ids) if return_ids else (responses, perplexities)
+
+
+def _response_ids(output_ids: torch.Tensor, width: int, eos: "set[int]") -> list[tuple[int, ...]]:
+    """Each row's new tokens [B, W + n] → its response ids before the first end of sequence."""
+    return [tuple(row[:response_length(row, eos)]) for row in output_ids[:, width:].tolist()]
 
 
 def _pad_id(tokenizer) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import statistics
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
@@ -99,6 +100,9 @@ def _prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
     return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
+prompt_token_ids = _prompt_ids  # public name: what :func:`token_perplexity` is given as prompts
+
+
 @torch.no_grad()
 def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], *,
                         steering=None, batch_size: int = 8, chat: bool = True) -> list[float]:
@@ -106,6 +110,27 @@ def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Seq
 
     The prompt is chat-templated with the generation prompt (as it was generated);
     the response is tokenized without special tokens. Empty responses get NaN.
+    Texts are tokenized here and scored by :func:`token_perplexity` (which see for the
+    batching, the shared prompt caches and ``steering``).
+    """
+    if len(prompts) != len(responses):
+        raise EvaluationError(f"{len(prompts)} prompts but {len(responses)} responses")
+    prompt_ids = {p: _prompt_ids(tokenizer, p, chat) for p in dict.fromkeys(prompts)}
+    response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return token_perplexity(model, [prompt_ids[p] for p in prompts], response_ids, steering=steering,
+                            batch_size=batch_size, pad_token_id=pad)
+
+
+@torch.no_grad()
+def token_perplexity(model, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], *,
+                     steering=None, batch_size: int = 8, pad_token_id: int = 0) -> list[float]:
+    """Perplexity of response token ids given prompt token ids (one pair per entry):
+    exp(mean_t −log p(r_t | prompt, r_<t)); NaN for an empty response.
+
+    The one scorer of given (prompt, response) pairs: :func:`response_perplexity` tokenizes
+    texts for it, and the tuner's quality references score generated ids with it under a
+    prompt other than the one they were generated from (the prompt with the instruction).
 
     Each distinct (prompt, response) pair is scored once. Responses are scored
     ``batch_size`` at a time, grouped by prompt. Each distinct
@@ -118,30 +143,30 @@ def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Seq
     Scored under the *unsteered* model: pass the attached ``steering`` (a
     :class:`pysteer.Steering`), if any, and scoring runs under ``steering.unsteered()``.
     """
-    if len(prompts) != len(responses):
-        raise EvaluationError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if len(prompt_ids) != len(response_ids):
+        raise EvaluationError(f"{len(prompt_ids)} prompts but {len(response_ids)} responses")
     if batch_size < 1:
         raise EvaluationError(f"batch_size must be ≥ 1, got {batch_size}")
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    prompt_ids = {p: _prompt_ids(tokenizer, p, chat) for p in dict.fromkeys(prompts)}
-    if any(not ids for ids in prompt_ids.values()):
+    prompts = [tuple(int(t) for t in p) for p in prompt_ids]
+    response_ids = [[int(t) for t in r] for r in response_ids]
+    if any(not p for p in prompts):
         raise EvaluationError("a prompt tokenizes to nothing: its response's first token has no context")
-    response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
+    device = next(model.parameters()).device
+    pad = int(pad_token_id)
     out = [float("nan")] * len(prompts)
     # A (prompt, response) pair is scored once however often it occurs (greedy candidates
     # close in coefficients often answer alike); same prompts go next to each other, so a
     # batch holds few distinct prompts.
-    first_of: dict[tuple[str, str], int] = {}
-    for i, r in enumerate(responses):
-        first_of.setdefault((prompts[i], r), i)
+    first_of: dict[tuple, int] = {}
+    for i, r in enumerate(response_ids):
+        first_of.setdefault((prompts[i], tuple(r)), i)
     scored = sorted((i for i in first_of.values() if response_ids[i]), key=lambda i: (prompts[i], i))
     layers = decoder_layers(model)
     with steering.unsteered() if steering is not None else contextlib.nullcontext():
         for start in range(0, len(scored), batch_size):
             chunk = scored[start:start + batch_size]
             distinct = list(dict.fromkeys(prompts[i] for i in chunk))
-            ids, prompt_mask = _left_pad([prompt_ids[p] for p in distinct], pad, device)
+            ids, prompt_mask = _left_pad([list(p) for p in distinct], pad, device)
             pass_ = run_distinct_prompts(model, ids, prompt_mask, depth=len(layers), every_layer=True)
             owner = torch.tensor([distinct.index(prompts[i]) for i in chunk], device=device)
             cache = pass_.cache_for(owner, copy_cache=False)  # one copy of its prompt's cache per response
@@ -161,7 +186,7 @@ def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Seq
             token_lp = torch.cat([first.unsqueeze(1), later], 1).double().cpu()
             for row, i in enumerate(chunk):
                 out[i] = math.exp(-token_lp[row, :len(response_ids[i])].mean().item())
-    return [out[first_of[(p, r)]] for p, r in zip(prompts, responses)]
+    return [out[first_of[(p, tuple(r))]] for p, r in zip(prompts, response_ids)]
 
 
 def _left_pad(prompt_ids: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,3 +307,22 @@ def reward(report: EvalReport, weights: Optional[dict] = None) -> float:
         raise EvaluationError(f"reward weights {unknown} are unknown; use keys {sorted(DEFAULT_WEIGHTS)}")
     return (weights.get("ifr", 0.0) * report.ifr_loose + weights.get("rr", 0.0) * report.rr
             + weights.get("oq", 0.0) * report.oq)
+
+
+def perplexity_ratio(steered: Sequence[float], reference: Sequence[float]) -> Optional[float]:
+    """median_p ppl(steered_p) / ppl(reference_p): the quality outcome of one candidate over P prompts.
+
+    ``steered[p]`` and ``reference[p]`` are the perplexities, under the unsteered model and
+    the same prompt, of the candidate's response and of the unsteered model's own response
+    to prompt p. Pairs with a NaN (an empty response) are left out; None when none is left.
+
+    The median, not the (geometric) mean: one looping or broken response in a minibatch
+    can be 10× off in either direction (a loop is very predictable, broken text very
+    unlikely), and a bound on the ratio should judge the candidate's typical answer; a
+    per-prompt outlier is what the degenerate rate is for.
+    """
+    if len(steered) != len(reference):
+        raise EvaluationError(f"{len(steered)} steered perplexities for {len(reference)} references")
+    ratios = [s / r for s, r in zip(steered, reference)
+              if s is not None and r is not None and math.isfinite(s) and math.isfinite(r) and r > 0]
+    return statistics.median(ratios) if ratios else None

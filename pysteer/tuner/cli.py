@@ -5,6 +5,8 @@
     pysteer tune ... --bounds=-6,6            (a uniform box; note the '=' before a negative number)
     pysteer tune ... --stats found_spec/stats.json   (bounds from feature activation statistics)
     pysteer tune ... --objective ifr_loose --max-degenerate 0.1 --min-rr 0.9   (IFR inside quality bounds)
+    pysteer tune ... --no-instruction --objective ifr_loose --max-ppl-ratio 1.5   (perplexity at most 1.5×
+                     the unsteered model's own answers', scored with the instruction in the prompt)
     pysteer tune ... --multi-objective ifr_loose,-degenerate_rate              (the Pareto set: pareto.json)
     pysteer tune ... --space grouped --groups sign   (one strength per group: supportive, opposing)
 
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..cliargs import (add_command, add_model_arguments, check_spec_shape, fraction, load_spec, model_shape,
-                       positive_int, prepare_run, torch_dtype)
+                       positive_float, positive_int, prepare_run, torch_dtype)
 from ..evaluation.cli import INSTRUCTION_FILTER_HELP, instruction_ids
 from ..evaluation.defaults import DEFAULT_WEIGHTS
 
@@ -64,9 +66,14 @@ def parse_bounds(text: Optional[str]) -> Optional[tuple[float, float]]:
 
 
 # What BatchedObjective returns per candidate (pysteer.tuner.objective._score): the outcomes
-# --objective / --multi-objective may name. A perplexity *ratio* to the unsteered model's own
-# responses is not among them yet, so there is no --max-ppl-ratio.
-OUTCOMES = ("reward", "ifr_loose", "ifr_strict", "rr", "oq", "degenerate_rate", "mean_perplexity")
+# --objective / --multi-objective may name.
+OUTCOMES = ("reward", "ifr_loose", "ifr_strict", "rr", "oq", "degenerate_rate", "mean_perplexity",
+            "ppl_ratio", "ppl_ratio_instructed")
+# --ppl-reference → the outcome --max-ppl-ratio bounds. "instructed" by default: it asks
+# whether the unsteered model, *told* the instruction, would write the response, so
+# compliance itself (a one-sentence answer from a model that would write five) is not
+# counted as lost quality; with the instruction in the sent prompt the two are the same.
+PPL_REFERENCES = {"instructed": "ppl_ratio_instructed", "sent": "ppl_ratio"}
 
 
 def parse_objectives(text: Optional[str]) -> Optional[list[str]]:
@@ -89,6 +96,8 @@ def goal_arguments(args: argparse.Namespace) -> dict[str, Any]:
         constraints["degenerate_rate"] = ("<=", args.max_degenerate)
     if args.min_rr is not None:
         constraints["rr"] = (">=", args.min_rr)
+    if args.max_ppl_ratio is not None:
+        constraints[PPL_REFERENCES[args.ppl_reference]] = ("<=", args.max_ppl_ratio)
     objective = args.multi_objective or args.objective
     return {"objective": None if objective == "reward" and not constraints else objective,
             "constraints": constraints or None}
@@ -132,6 +141,10 @@ def _check_out(args: argparse.Namespace, space: Any, goal: Any = None) -> None:
     elif out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise FileExistsError(f"--out {out} exists and holds no {HISTORY_FILE}: choose a new directory or "
                               f"pass --overwrite")
+
+
+def _shown(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def run_tune(args: argparse.Namespace) -> int:
@@ -179,7 +192,8 @@ def run_tune(args: argparse.Namespace) -> int:
     print(f"best {'reward' if goal.is_default else goal.objectives[0]} {best.reward:.4f} "
           f"(round {best.round}, candidate {best.index}): "
           f"IFR loose {m.get('ifr_loose', float('nan')):.3f}, RR {m.get('rr', float('nan')):.3f}, "
-          f"OQ {m.get('oq', float('nan')):.3f}")
+          f"OQ {m.get('oq', float('nan')):.3f}, perplexity ratio {_shown(m.get('ppl_ratio'))} "
+          f"(instructed {_shown(m.get('ppl_ratio_instructed'))})")
     print(f"wrote {result.best_spec_path} (steer with: pysteer generate --steering {result.best_spec_path}), "
           f"{result.history_path}, {result.plot_path}")
     return 0
@@ -227,6 +241,14 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
                    help="outcome bound: the degenerate rate must be at most this")
     p.add_argument("--min-rr", type=fraction, default=None,
                    help="outcome bound: the response rate must be at least this")
+    p.add_argument("--max-ppl-ratio", type=positive_float, default=None,
+                   help="outcome bound: the median over prompts of the response's perplexity divided by "
+                   "that of the unsteered model's own response (both under the unsteered model) must be "
+                   "at most this")
+    p.add_argument("--ppl-reference", choices=sorted(PPL_REFERENCES), default="instructed",
+                   help="which prompt --max-ppl-ratio scores both responses under: 'instructed' (the "
+                   "prompt with the instruction) or 'sent' (the text the model answered); the same "
+                   "unless --no-instruction")
     p.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens generated per response")
     p.add_argument("--no-instruction", action="store_true",
                    help="send base_prompt (the request without the instruction): steering must do it all")

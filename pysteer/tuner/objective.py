@@ -9,6 +9,22 @@ For q candidates x_1..x_q [q, d] and a minibatch of P prompts:
 with OQ's perplexity — of the generated tokens, under the *unsteered* model — computed
 alongside the generation (:func:`pysteer.evaluation.generate_with_perplexity`).
 
+Quality references (``quality_reference=True``): the unsteered model's own greedy response
+ref_p to each prompt p (same text sent, same max_new_tokens), generated once per prompt
+per objective and cached, and two ratios per candidate i, each the median over its P
+prompts (:func:`pysteer.evaluation.metrics.perplexity_ratio`):
+
+    ppl_ratio_i            = median_p ppl(r_ip | sent_p) / ppl(ref_p | sent_p)
+    ppl_ratio_instructed_i = median_p ppl(r_ip | instr_p) / ppl(ref_p | instr_p)
+
+all perplexities of generated token ids under the unsteered model; sent_p is the text the
+candidates answered, instr_p the prompt with its instruction (:attr:`EvalPrompt.prompt`).
+With the instruction in the sent prompt the two coincide. Cost: in the batched objective
+the references ride in the round's one generation as P extra unsteered rows (q·P + P
+instead of q·P) while the minibatch holds a prompt not yet referenced — the first epoch
+— and nothing afterwards; the instructed ratio of an instruction-free run adds one
+scoring pass (no generation) over the round's new (prompt, response) pairs.
+
 :class:`BatchedObjective` attaches the template once per run, writes each round's q
 candidates into its coefficient tables, and runs ONE generation whose batch carries all
 q·P rows, row (i, p) steered by configuration i — the per-row coefficient tables of the
@@ -34,7 +50,8 @@ class _SteeringObjective:
     def __init__(self, model, tokenizer, template: Union[SteeringSpec, SearchSpace],
                  prompts: Sequence[Any], *, weights: Optional[dict] = None, max_new_tokens: int = 32,
                  minibatch: Optional[int] = None, seed: int = 0, instruction_in_prompt: bool = True,
-                 chat: bool = True, batch_size: Optional[int] = None, keep_responses: bool = True) -> None:
+                 chat: bool = True, batch_size: Optional[int] = None, keep_responses: bool = True,
+                 quality_reference: bool = True) -> None:
         from ..evaluation import reward
         from ..evaluation.metrics import DEFAULT_WEIGHTS
 
@@ -56,6 +73,15 @@ class _SteeringObjective:
         self.minibatch = len(self.prompts) if minibatch is None else min(int(minibatch), len(self.prompts))
         self.seed, self.instruction_in_prompt, self.keep_responses = int(seed), instruction_in_prompt, keep_responses
         self.round = 0
+        self.quality_reference = bool(quality_reference)
+        # (prompt key, text sent) → the unsteered model's greedy response ids to it: the
+        # minibatches repeat prompts across rounds and the reference never changes.
+        self.references: dict[tuple[str, str], tuple[int, ...]] = {}
+        self.reference_rows = 0  # reference responses generated so far (once per distinct prompt)
+        # (prompt text, response ids) → perplexity under the unsteered model given that prompt.
+        # Scored once per objective: a candidate that answers as the reference gets the
+        # reference's own number, so its ratio is exactly 1.
+        self._pair_perplexity: dict[tuple[str, tuple[int, ...]], float] = {}
         # Seconds spent so far in each part of the evaluations (prompt_pass_s, generate_s,
         # score_s; see generate_with_perplexity): where tuning time goes.
         self.phase_seconds: dict[str, float] = {}
@@ -79,7 +105,8 @@ class _SteeringObjective:
 
     # ------------------------------------------------------------------ scoring
     def _score(self, prompts: list[Any], responses: list[str], steering,
-               perplexities: Optional[list[float]] = None) -> dict[str, Any]:
+               perplexities: Optional[list[float]] = None,
+               ratios: Optional[tuple[Optional[float], Optional[float]]] = None) -> dict[str, Any]:
         from ..evaluation import score_responses
 
         report = score_responses(prompts, responses, model=self.model, tokenizer=self.tokenizer,
@@ -89,12 +116,86 @@ class _SteeringObjective:
                   "ifr_loose": report.ifr_loose, "rr": report.rr, "oq": report.oq,
                   "degenerate_rate": report.degenerate_rate, "mean_perplexity": report.mean_perplexity,
                   "per_type": report.per_type, "prompt_keys": [str(p.key) for p in prompts]}
+        if ratios is not None:
+            result["ppl_ratio"], result["ppl_ratio_instructed"] = ratios
         if self.keep_responses:
             result["responses"] = list(responses)
         return result
 
     def _texts(self, prompts: list[Any]) -> list[str]:
         return [p.text(self.instruction_in_prompt) for p in prompts]
+
+    # ------------------------------------------------------------------ quality references
+    def _reference_key(self, prompt: Any) -> tuple[str, str]:
+        return str(prompt.key), prompt.text(self.instruction_in_prompt)
+
+    def _needs_reference(self, prompts: list[Any]) -> bool:
+        return self.quality_reference and any(self._reference_key(p) not in self.references for p in prompts)
+
+    def _store_reference(self, prompts: list[Any], ids: list[tuple[int, ...]],
+                         perplexities: list[float]) -> None:
+        """Keep the unsteered responses ``ids[p]`` (and their perplexities given the sent
+        prompt) of the prompts not referenced yet."""
+        for prompt, response, ppl in zip(prompts, ids, perplexities):
+            key = self._reference_key(prompt)
+            if key not in self.references:
+                self.references[key] = tuple(response)
+                self._pair_perplexity.setdefault((key[1], tuple(response)), float(ppl))
+                self.reference_rows += 1
+
+    def _generate_reference(self, prompts: list[Any], steering) -> None:
+        """The unsteered responses (configuration −1 of the attached ``steering``) to the
+        prompts not referenced yet, in one generation."""
+        from ..evaluation import generate_for_configs
+
+        missing = [p for p in prompts if self._reference_key(p) not in self.references]
+        if not missing:
+            return
+        _, perplexities, ids = generate_for_configs(
+            self.model, self.tokenizer, self._texts(missing), steering=steering, configs=[-1], score=True,
+            chat=self.chat, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+            timings=self.phase_seconds, return_ids=True)
+        self._store_reference(missing, ids[0], perplexities[0])
+
+    def _ratios(self, prompts: list[Any], ids: list[list[tuple[int, ...]]], perplexities: list[list[float]],
+                steering) -> list[tuple[Optional[float], Optional[float]]]:
+        """(ppl_ratio, ppl_ratio_instructed) per candidate from its response ids[i][p] and
+        their perplexities given the sent prompt (from the generation); see the module docstring."""
+        from ..evaluation.metrics import perplexity_ratio
+
+        sent = self._texts(prompts)
+        refs = [self.references[self._reference_key(p)] for p in prompts]
+        for row_ids, row_ppl in zip(ids, perplexities):
+            for text, response, ppl in zip(sent, row_ids, row_ppl):
+                self._pair_perplexity.setdefault((text, tuple(response)), float(ppl))
+        instructed = [p.prompt for p in prompts]
+        if instructed != sent:
+            self._score_pairs([(t, r) for row in ids for t, r in zip(instructed, row)]
+                              + list(zip(instructed, refs)), steering)
+        out = []
+        for row in ids:
+            pairs = []
+            for texts in (sent, instructed):
+                steered = [self._pair_perplexity[(t, tuple(r))] for t, r in zip(texts, row)]
+                reference = [self._pair_perplexity[(t, r)] for t, r in zip(texts, refs)]
+                pairs.append(perplexity_ratio(steered, reference))
+            out.append((pairs[0], pairs[1]))
+        return out
+
+    def _score_pairs(self, pairs: list[tuple[str, tuple[int, ...]]], steering) -> None:
+        """Perplexity of each (prompt text, response ids) pair not scored yet, under the
+        unsteered model, in one :func:`~pysteer.evaluation.metrics.token_perplexity` call."""
+        from ..evaluation.metrics import prompt_token_ids, token_perplexity
+
+        todo = list(dict.fromkeys((t, tuple(r)) for t, r in pairs if (t, tuple(r)) not in self._pair_perplexity))
+        if not todo:
+            return
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        prompt_ids = {t: prompt_token_ids(self.tokenizer, t, self.chat) for t in dict.fromkeys(t for t, _ in todo)}
+        values = token_perplexity(self.model, [prompt_ids[t] for t, _ in todo], [r for _, r in todo],
+                                  steering=steering, pad_token_id=pad,
+                                  batch_size=len(todo) if self.batch_size is None else self.batch_size)
+        self._pair_perplexity.update(zip(todo, values))
 
     def _candidates(self, candidates: torch.Tensor) -> torch.Tensor:
         X = torch.as_tensor(candidates, dtype=torch.float64)
@@ -114,7 +215,7 @@ class _SteeringObjective:
         return {"objective": type(self).__name__, "weights": self.weights,
                 "max_new_tokens": self.max_new_tokens, "minibatch": self.minibatch,
                 "n_prompts": len(self.prompts), "instruction_in_prompt": self.instruction_in_prompt,
-                "objective_seed": self.seed}
+                "objective_seed": self.seed, "quality_reference": self.quality_reference}
 
 
 class BatchedObjective(_SteeringObjective):
@@ -138,16 +239,24 @@ class BatchedObjective(_SteeringObjective):
         from ..evaluation import generate_for_configs
 
         X = self._candidates(candidates)
+        q = X.shape[0]
         prompts = self.current_prompts()
         steering = self._steering_for(X)
         try:
             # One generation for all q × P rows, row (i, p) steered by configuration i; the
             # perplexities (under the unsteered model) come with it, sharing its prompt work.
-            responses, perplexities = generate_for_configs(
-                self.model, self.tokenizer, self._texts(prompts), steering=steering, configs=range(X.shape[0]),
-                score=True, chat=self.chat, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                timings=self.phase_seconds)
-            return [self._score(prompts, responses[i], steering, perplexities[i]) for i in range(X.shape[0])]
+            # While a prompt lacks its reference, P unsteered rows (configuration −1) ride along.
+            reference = self._needs_reference(prompts)
+            responses, perplexities, ids = generate_for_configs(
+                self.model, self.tokenizer, self._texts(prompts), steering=steering,
+                configs=list(range(q)) + [-1] * reference, score=True, chat=self.chat,
+                max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, timings=self.phase_seconds,
+                return_ids=True)
+            if reference:
+                self._store_reference(prompts, ids[q], perplexities[q])
+            ratios = (self._ratios(prompts, ids[:q], perplexities[:q], steering) if self.quality_reference
+                      else [None] * q)
+            return [self._score(prompts, responses[i], steering, perplexities[i], ratios[i]) for i in range(q)]
         finally:
             if not self._open:
                 self._detach()
@@ -195,11 +304,15 @@ class SequentialObjective(_SteeringObjective):
         results = []
         for i in range(X.shape[0]):
             with steer(self.model, self.space.spec_for(X[i:i + 1])) as steering:
-                responses, perplexities = generate_with_perplexity(
+                if self.quality_reference:
+                    self._generate_reference(prompts, steering)
+                responses, perplexities, ids = generate_with_perplexity(
                     self.model, self.tokenizer, self._texts(prompts), steering=steering, rows=0,
                     chat=self.chat, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                    timings=self.phase_seconds)
-                results.append(self._score(prompts, responses, steering, perplexities))
+                    timings=self.phase_seconds, return_ids=True)
+                ratios = (self._ratios(prompts, [ids], [perplexities], steering)[0] if self.quality_reference
+                          else None)
+                results.append(self._score(prompts, responses, steering, perplexities, ratios))
         return results
 
 
