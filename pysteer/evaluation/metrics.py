@@ -15,6 +15,11 @@ perplexity factor is 1 and OQ measures degeneration alone. Repetition is not cau
 by perplexity (loops are very predictable), hence the degeneration factor.
 
 The tuner's reward is ``w_ifr·IFR_loose + w_rr·RR + w_oq·OQ`` (:func:`reward`).
+
+The tuner's quality outcome is a perplexity *ratio* to the unsteered model's own
+responses to the same prompts (:func:`perplexity_ratio`, the median over prompts of
+ppl(steered) / ppl(reference)); :func:`token_perplexity` scores given token ids under
+any prompt, e.g. the prompt with the instruction when the response was generated without.
 """
 
 from __future__ import annotations
