@@ -18,6 +18,7 @@ from pysteer import ops
 from pysteer.sae import random_sae
 from pysteer.serving.continuous import collect
 from pysteer.serving import ContinuousSteering, RequestSteering, SteeredEngine, SteeringRequestError, spec_digest
+from conftest import requires_cuda
 from model_zoo import WIDTH, prompts, tiny_model, tiny_spec
 
 NEW = 6
@@ -172,3 +173,25 @@ def test_of_specs_steers_each_row_as_its_own_spec_alone():
     with pytest.raises(pysteer.SteeringSpecError, match="different positions"):
         with torch.no_grad(), pysteer.Steering.of_specs(model, [a, tiny_spec(1, "prompt")]) as mixed:
             mixed.generate(ids, rows=[0, 1, 2, 0], **greedy)
+
+
+@requires_cuda
+def test_mixed_run_under_the_engines_cuda_graphs_equals_eager():
+    """With the engine's CUDA graphs on, steering is captured rather than a reason to turn them
+    off: the same mixed run gives the same tokens as with graphs off (and as each request
+    alone), and adding a spec mid-run (which drops the captured graphs) still steers."""
+    model = tiny_model("llama").cuda()
+    specs = mixed_specs()
+    inputs = [p.tolist() for p in prompts(lengths=(5, 9, 13, 7, 11, 6, 12, 8))]
+    runs = {}
+    for graphs in (False, True):
+        configs = engine_configs()
+        configs["cb_config"].use_cuda_graph = graphs
+        with SteeredEngine(model, specs, **configs) as engine:
+            runs[graphs] = engine.generate(inputs, MIX, max_new_tokens=NEW)
+            engine.steering.add_spec("late", tiny_spec(1, "all", strength=5.0))
+            runs[graphs, "late"] = engine.generate(inputs[:2], ["late", None], max_new_tokens=NEW)
+    assert runs[True] == runs[False]
+    assert runs[True, "late"] == runs[False, "late"]
+    plain = [reference(model, specs, x, None, NEW) for x in inputs[:1]]
+    assert runs[True, "late"][0] != plain[0]
