@@ -56,6 +56,11 @@ logging.getLogger("transformers").addHandler(_deprecations)
 def no_deprecated_transformers_api():
     """Fail the test in which pysteer used an API transformers logs as deprecated (the
     ``warnings``-module deprecations are errors through pyproject's ``filterwarnings``)."""
+    # transformer_lens (imported by sae_lens) sets transformers' logger to ERROR when it is
+    # imported, which would silence the deprecations this guard reads: keep it at WARNING.
+    transformers_logger = logging.getLogger("transformers")
+    if transformers_logger.getEffectiveLevel() > logging.WARNING:
+        transformers_logger.setLevel(logging.WARNING)
     before = len(_deprecations.messages)
     yield
     new = _deprecations.messages[before:]

@@ -287,7 +287,7 @@ def test_perplexity_shares_each_prompt_and_matches_an_unpadded_oracle(tiny):
 
 def test_generate_and_score_with_steering(tiny):
     model, tokenizer = tiny
-    prompts = builtin_prompts("heldout")[::20]
+    prompts = builtin_prompts("heldout")[::20][:4]
     texts = [p.prompt for p in prompts]
     plain = generate_responses(model, tokenizer, texts, max_new_tokens=10)
     spec = tiny_spec(n_configs=2, positions="generated")

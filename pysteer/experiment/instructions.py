@@ -1,10 +1,18 @@
-"""The report's six instruction types: what each one says, how it is checked, how it is found.
+"""The report's instruction types: what each one says, how it is checked, how it is found.
+
+Six formatting types (case, JSON, bullets, commas, length) and two content types the
+model follows when told: a response language (``french``: IFEval's
+``language:response_language`` with ``language="fr"``) and a keyword to include
+(``keyword``: ``keywords:existence`` with the one fixed word ``"garden"``, so a steering
+vector, which cannot read a per-prompt word, can be judged on it).
 
 Each :class:`InstructionType` ties together what the three discovery methods and the
 evaluation need for one instruction:
 
 - ``instruction_id``: the IFEval checker that scores it, and the key of its built-in
-  prompts (``builtin_prompts("train" | "heldout", [instruction_id])``);
+  prompts (``builtin_prompts("train" | "heldout", [instruction_id])``: 20 train and 10
+  held-out requests each; the checker's arguments, e.g. ``{"language": "fr"}``, come
+  with every prompt);
 - ``instruction_text``: the phrasing used for the (base, base + instruction) pairs of
   difference in means and for Concise-SAE's follow/violate requests; it is one of the
   phrasings of the built-in prompts, so discovery and evaluation speak the same words;
@@ -13,7 +21,8 @@ evaluation need for one instruction:
 - ``keyword``: Concise-SAE's one-word summary, appended to the texts it reads.
 
 The variants written here follow the built-in lists' shape (five English rephrasings,
-then Spanish, French, German) so SAIF's statistics mean the same across types. The
+then Spanish, French, German) so SAIF's statistics mean the same across types; the
+keyword's translations keep the English word, since the checker looks for it. The
 built-in ``"short"`` list is not used for ``short``: it asks for fewer than 20 words or
 one sentence, other constraints than the checked "fewer than 30 words".
 """
@@ -85,6 +94,16 @@ _SHORT = (
     "Réponds en moins de 30 mots.",
     "Antworte in weniger als 30 Wörtern.",
 )
+_KEYWORD = (
+    'Include the keyword "garden" in your response.',
+    'Make sure to use the word "garden" in your answer.',
+    'Your response must contain the word "garden".',
+    'Use the word "garden" at least once in your reply.',
+    'Somewhere in your answer, write the word "garden".',
+    'Incluye la palabra "garden" en tu respuesta.',
+    'Utilise le mot "garden" dans ta réponse.',
+    'Verwende das Wort "garden" in deiner Antwort.',
+)
 
 INSTRUCTION_TYPES: tuple[InstructionType, ...] = (
     InstructionType("lowercase", "change_case:english_lowercase",
@@ -99,6 +118,10 @@ INSTRUCTION_TYPES: tuple[InstructionType, ...] = (
                     "Write your response without using a single comma.", _NO_COMMA, "Commas"),
     InstructionType("short", "length_constraints:number_words",
                     "Respond in fewer than 30 words.", _SHORT, "Brief"),
+    InstructionType("french", "language:response_language",
+                    "Your entire response should be in French.", "french", "French"),
+    InstructionType("keyword", "keywords:existence",
+                    'Your response must contain the word "garden".', _KEYWORD, "Garden"),
 )
 TYPE_NAMES: tuple[str, ...] = tuple(t.name for t in INSTRUCTION_TYPES)
 
@@ -114,7 +137,7 @@ def get_type(name: "str | InstructionType") -> InstructionType:
 
 
 def resolve_types(types: "Optional[Iterable[str | InstructionType]]") -> list[InstructionType]:
-    """Instruction types from names (None: all six), without duplicates, in the given order."""
+    """Instruction types from names (None: all of them), without duplicates, in the given order."""
     chosen = list(INSTRUCTION_TYPES) if types is None else [get_type(t) for t in types]
     names: Sequence[str] = [t.name for t in chosen]
     if len(set(names)) != len(names):
@@ -135,7 +158,8 @@ class Instruction(NamedTuple):
     instruction_id: Optional[str] = None          # the checker scoring it, where there is one
 
 
-# The report's types first; then the discovery variant lists that are no type ("french").
+# The report's types first; then the discovery variant lists that are no type (none today:
+# "french" became one).
 BUILTIN_NAMES: tuple[str, ...] = TYPE_NAMES + tuple(name for name in VARIANTS if name not in TYPE_NAMES)
 INSTRUCTION_RULE = (f"a built-in name ({', '.join(BUILTIN_NAMES)}; any case) or a type's checker id "
                     f"(e.g. {INSTRUCTION_TYPES[0].instruction_id}) stands for that instruction")
@@ -147,7 +171,7 @@ def resolve_instruction(value: str) -> Instruction:
 
     A name of the report's types (:data:`INSTRUCTION_TYPES`) gives that type's text,
     SAIF variants, keyword and checker; a discovery variant list's name that is no type
-    (``french``) gives its first phrasing as the text, the list as the variants and the
+    gives its first phrasing as the text, the list as the variants and the
     capitalised name as the keyword, as SAIF and Concise-SAE read such a name.
     """
     key = value.strip().lower()

@@ -135,7 +135,9 @@ def propose(history: History, q: int, round_index: int,
     if goal.is_default:
         Y = torch.tensor([[r.reward] for r in history.records], dtype=torch.float64)
     else:
-        Y = torch.tensor([[r.outcome(n) for n in goal.outcomes] for r in history.records], dtype=torch.float64)
+        rows = [goal.values({"reward": r.reward, **r.metrics}, f"round {r.round}, candidate {r.index}")
+                for r in history.records]
+        Y = torch.tensor([[row[n] for n in goal.outcomes] for row in rows], dtype=torch.float64)
     seed = round_seed(history.seed, round_index)
     unit = torch.stack([torch.zeros(box.d), torch.ones(box.d)]).to(torch.float64)
     threads = torch.get_num_threads()

@@ -6,7 +6,7 @@
     pysteer tune ... --stats found_spec/stats.json   (bounds from feature activation statistics)
     pysteer tune ... --objective ifr_loose --max-degenerate 0.1 --min-rr 0.9   (IFR inside quality bounds)
     pysteer tune ... --no-instruction --objective ifr_loose --max-ppl-ratio 1.5   (perplexity at most 1.5×
-                     the unsteered model's own answers', scored with the instruction in the prompt)
+                     the unsteered model's own answers, both scored with the instruction in the prompt)
     pysteer tune ... --multi-objective ifr_loose,-degenerate_rate              (the Pareto set: pareto.json)
     pysteer tune ... --space grouped --groups sign   (one strength per group: supportive, opposing)
 

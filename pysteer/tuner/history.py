@@ -41,9 +41,11 @@ class Record:
     violation: Optional[float] = None  # Σ relative amounts by which bounds are missed (0 if feasible)
 
     def outcome(self, name: str) -> float:
-        """A measured outcome: a metric, or the reward itself."""
+        """A measured outcome: a metric, or the reward itself; NaN for one the candidate did not
+        produce (nothing to score)."""
         if name in self.metrics:
-            return float(self.metrics[name])
+            value = self.metrics[name]
+            return math.nan if value is None else float(value)
         if name == "reward":
             return self.reward
         raise KeyError(name)
@@ -167,7 +169,8 @@ def _frontier_axes(history: History) -> Optional[tuple[str, float, str, float, O
 
 def _plot_frontier(ax, history: History, axes: tuple[str, float, str, float, Optional[float]]) -> None:
     y_name, y_sign, x_name, x_sign, bound = axes
-    pts = [(r.outcome(x_name), r.outcome(y_name), r.feasible is not False) for r in history.records]
+    pts = [(r.outcome(x_name), r.outcome(y_name), r.feasible is not False) for r in history.records
+           if math.isfinite(r.outcome(x_name)) and math.isfinite(r.outcome(y_name))]
     feas = [(x, y) for x, y, ok in pts if ok]
     infeas = [(x, y) for x, y, ok in pts if not ok]
     if feas:

@@ -23,7 +23,10 @@ With the instruction in the sent prompt the two coincide. Cost: in the batched o
 the references ride in the round's one generation as P extra unsteered rows (q·P + P
 instead of q·P) while the minibatch holds a prompt not yet referenced — the first epoch
 — and nothing afterwards; the instructed ratio of an instruction-free run adds one
-scoring pass (no generation) over the round's new (prompt, response) pairs.
+scoring pass (no generation) over the round's new (prompt, response) pairs. Measured on
+the default model (CPU, 2 threads, q=4, P=8, 24 tokens; ±0.5 s noise): a round that
+generates references 6.7 s against 5.3-6.1 s without; later rounds no slower; without
+the instruction +2.0-2.5 s a round (≈40%, the instructed scoring: ``reference_score_s``).
 
 :class:`BatchedObjective` attaches the template once per run, writes each round's q
 candidates into its coefficient tables, and runs ONE generation whose batch carries all
@@ -35,6 +38,7 @@ decoding both give the same responses and rewards; the batched one is faster.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -83,7 +87,8 @@ class _SteeringObjective:
         # reference's own number, so its ratio is exactly 1.
         self._pair_perplexity: dict[tuple[str, tuple[int, ...]], float] = {}
         # Seconds spent so far in each part of the evaluations (prompt_pass_s, generate_s,
-        # score_s; see generate_with_perplexity): where tuning time goes.
+        # score_s; see generate_with_perplexity; reference_score_s: the instructed ratio's
+        # extra scoring): where tuning time goes.
         self.phase_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------------ minibatches
@@ -190,12 +195,15 @@ class _SteeringObjective:
         todo = list(dict.fromkeys((t, tuple(r)) for t, r in pairs if (t, tuple(r)) not in self._pair_perplexity))
         if not todo:
             return
+        started = time.perf_counter()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         prompt_ids = {t: prompt_token_ids(self.tokenizer, t, self.chat) for t in dict.fromkeys(t for t, _ in todo)}
         values = token_perplexity(self.model, [prompt_ids[t] for t, _ in todo], [r for _, r in todo],
                                   steering=steering, pad_token_id=pad,
                                   batch_size=len(todo) if self.batch_size is None else self.batch_size)
         self._pair_perplexity.update(zip(todo, values))
+        self.phase_seconds["reference_score_s"] = (self.phase_seconds.get("reference_score_s", 0.0)
+                                                   + time.perf_counter() - started)
 
     def _candidates(self, candidates: torch.Tensor) -> torch.Tensor:
         X = torch.as_tensor(candidates, dtype=torch.float64)

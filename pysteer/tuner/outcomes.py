@@ -53,6 +53,13 @@ class Constraint:
     def violation(self, value: float) -> float:
         return max(0.0, -self.slack(value)) / max(abs(self.bound), 1e-6)
 
+    def missed_value(self) -> float:
+        """What a candidate that produced no value (nothing to score: every response empty)
+        counts as: outside the bound by the bound's own width, so the record is infeasible and
+        the GP learns that this region fails, without an infinity in its data."""
+        width = max(abs(self.bound), 1.0)
+        return self.bound + width if self.op == "<=" else self.bound - width
+
     def __str__(self) -> str:
         return f"{self.outcome} {self.op} {self.bound:g}"
 
@@ -163,7 +170,11 @@ class Goal:
             value = outcomes[name]
             value = math.nan if value is None else float(value)
             if not math.isfinite(value):
-                raise TunerError(f"{where}: outcome {name!r} is not finite ({value})")
+                bound = next((c for c in self.constraints if c.outcome == name), None)
+                if bound is None or name in self.names_signs[0]:
+                    raise TunerError(f"{where}: outcome {name!r} is not finite ({value}); an objective "
+                                     f"must be measured for every candidate")
+                value = bound.missed_value()
             out[name] = value
         return out
 

@@ -2,10 +2,14 @@
 
 Run ``python pysteer/data/prompts/make_builtin.py`` after editing the lists below.
 Every prompt is a short general request (the content) followed by one instruction,
-as SAIF found post-instruction placement works best. Each of the 8 instruction types
+as SAIF found post-instruction placement works best. Each of the 9 instruction types
 is paired with every base request; the first 20 base requests form the ``train``
 split and the last 10 ``heldout``, so no request appears in both splits. Each type has
 three phrasings, cycled over the requests (linguistic variants for discovery).
+
+The keyword type asks for one fixed word (:data:`KEYWORD`) in every prompt, so that a
+steering vector, which cannot read a per-prompt keyword, can be judged on it; the
+French type is IFEval's ``language:response_language`` with ``language="fr"``.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ BASE_REQUESTS = [
 ]
 N_TRAIN = 20
 
-KEYWORDS = ["light", "water", "color", "simple", "friend", "morning", "energy", "history", "happy", "world"]
+# A concrete word no base request names, so an unsteered answer rarely holds it by chance.
+KEYWORD = "garden"
 END_PHRASE = "Is there anything else I can help with?"
 
-# short name -> (instruction id, [(template, kwargs)] phrasings); "{kw}" is filled per request.
+# short name -> (instruction id, [(template, kwargs)] phrasings).
 TYPES = {
     "lowercase": ("change_case:english_lowercase", [
         ("Your entire response should be in English, and in all lowercase letters. No capital letters are allowed.", {}),
@@ -52,9 +57,9 @@ TYPES = {
         ("Answer with exactly 3 bullet points, each on its own line starting with '* '.", {"num_bullets": 3}),
         ("Give your answer as a list of exactly 3 markdown bullet points.", {"num_bullets": 3})]),
     "keyword": ("keywords:existence", [
-        ('Include the keyword "{kw}" in your response.', {"keywords": ["{kw}"]}),
-        ('Make sure to use the word "{kw}" in your answer.', {"keywords": ["{kw}"]}),
-        ('Your response must contain the word "{kw}".', {"keywords": ["{kw}"]})]),
+        (f'Include the keyword "{KEYWORD}" in your response.', {"keywords": [KEYWORD]}),
+        (f'Make sure to use the word "{KEYWORD}" in your answer.', {"keywords": [KEYWORD]}),
+        (f'Your response must contain the word "{KEYWORD}".', {"keywords": [KEYWORD]})]),
     "no_comma": ("punctuation:no_comma", [
         ("In your entire response, refrain from the use of any commas.", {}),
         ("Do not use any commas in your answer.", {}),
@@ -68,15 +73,11 @@ TYPES = {
          {"end_phrase": END_PHRASE}),
         (f'End your answer with the exact sentence "{END_PHRASE}"', {"end_phrase": END_PHRASE}),
         (f"Your response must end with the phrase: {END_PHRASE}", {"end_phrase": END_PHRASE})]),
+    "french": ("language:response_language", [
+        ("Answer in French only, no other language is allowed.", {"language": "fr"}),
+        ("Write your whole answer in French.", {"language": "fr"}),
+        ("Your entire response should be in French.", {"language": "fr"})]),
 }
-
-
-def _fill(value, keyword: str):
-    if isinstance(value, str):
-        return value.replace("{kw}", keyword)
-    if isinstance(value, list):
-        return [_fill(v, keyword) for v in value]
-    return value
 
 
 def rows() -> list[dict]:
@@ -84,10 +85,9 @@ def rows() -> list[dict]:
     for short, (instruction_id, phrasings) in TYPES.items():
         for index, base in enumerate(BASE_REQUESTS):
             template, kwargs = phrasings[index % len(phrasings)]
-            keyword = KEYWORDS[index % len(KEYWORDS)]
-            out.append({"key": f"{short}-{index:02d}", "prompt": f"{base} {_fill(template, keyword)}",
+            out.append({"key": f"{short}-{index:02d}", "prompt": f"{base} {template}",
                         "base_prompt": base, "instruction_id_list": [instruction_id],
-                        "kwargs": [{k: _fill(v, keyword) for k, v in kwargs.items()}],
+                        "kwargs": [dict(kwargs)],
                         "split": "train" if index < N_TRAIN else "heldout"})
     return out
 
