@@ -129,8 +129,8 @@ class Steering:
                 table[:spec.n_configs] = iv.coefficients
                 interventions.append(dataclasses.replace(iv, coefficients=table))
                 groups.append(g)
-        positions = {spec.positions for spec in specs}
-        combined = SteeringSpec(interventions, positions.pop() if len(positions) == 1 else "all",
+        positions = sorted({spec.positions for spec in specs})
+        combined = SteeringSpec(interventions, positions[0] if len(positions) == 1 else "all",
                                 {}, {"method": "of_specs"})
         steering = cls(model, combined)
         offsets = [0]
@@ -142,10 +142,10 @@ class Steering:
             maps[g, 1 + offsets[g]:1 + offsets[g + 1]] = torch.arange(spec.n_configs, dtype=torch.int32)
         for compiled, g in zip(steering._compiled, groups):
             compiled.group = g
-        steering.group_specs, steering.row_offsets = specs, offsets[:-1]
-        steering._groups, steering._spare_base = groups, (offsets[-1], local_height - int(spare_rows))
+        steering.row_offsets = offsets[:-1]
+        steering._spare_base = (offsets[-1], local_height - int(spare_rows))
         steering.state.group_maps = maps.to(steering.device)
-        steering.state.group_positions = [spec.positions for spec in specs]
+        steering.state.mixed_positions = positions if len(positions) > 1 else None
         steering.state.n_configs = n_global
         return steering
 
@@ -161,7 +161,7 @@ class Steering:
         if not 0 <= slot < self.state.n_configs - global_base:
             raise SteeringSpecError(f"spare row {slot} is out of range: this steering has "
                                     f"{self.state.n_configs - global_base}")
-        own = [c for c, g in zip(self._compiled, self._groups) if g == group]
+        own = [c for c in self._compiled if c.group == group]
         if len(rows) != len(own):
             raise SteeringSpecError(f"spec {group} has {len(own)} interventions, got {len(rows)} rows")
         for compiled, row in zip(own, rows):

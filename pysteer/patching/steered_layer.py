@@ -83,10 +83,10 @@ class SteeringState:
         self.first_layer = self.last_layer = -1       # set by Steering: who plans, who clears
         self.wants_steered_tokens = False             # set by Steering: some intervention encodes the full SAE
         # Set by Steering.of_specs: group_maps[g, 1 + r] = spec g's own row for global row r
-        # (−1: another spec's row), column 0 = −1 for unsteered tokens; group_positions[g]
-        # is spec g's position rule.
+        # (−1: another spec's row), column 0 = −1 for unsteered tokens; mixed_positions: the
+        # specs' position rules when they differ (only a packing engine can apply them).
         self.group_maps: Optional[Tensor] = None
-        self.group_positions: Optional[list[str]] = None
+        self.mixed_positions: Optional[list[str]] = None
         # Set per step by a packing engine (set_packed_rows): the step's rows per token.
         self.packed_rows: Optional[Tensor] = None
         self.packed_tokens: Optional[Tensor] = None
@@ -156,8 +156,8 @@ class SteeringState:
             if self.packed_skip:
                 return None
             return self._with_groups(ForwardPlan(self.packed_rows, self.packed_tokens))
-        if self.group_positions is not None and len(set(self.group_positions)) > 1:
-            raise SteeringSpecError(f"the attached specs steer different positions ({sorted(set(self.group_positions))}): "
+        if self.mixed_positions is not None:
+            raise SteeringSpecError(f"the attached specs steer different positions ({self.mixed_positions}): "
                                     f"only an engine that packs per-token rows (pysteer.serving) can mix them")
         plan = self._padded_batch_plan(layer_index, batch, seq, position_ids, cache, device)
         return None if plan is None else self._with_groups(plan)

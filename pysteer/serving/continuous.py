@@ -157,7 +157,7 @@ class ContinuousSteering:
         self._users: Counter = Counter()           # digest -> requests in flight
         self._requests: dict[str, _Request] = {}
         self._slots: dict[tuple, list] = {}        # (digest, row, scale) -> [slot, users]
-        self._slot_written: set = set()            # slot keys written into the current steering
+        self._slot_rows: dict[tuple, int] = {}     # slot key -> its global row in the current steering
         self._steering: Optional[Steering] = None
         self._layout: list[str] = []               # digests, in the attached steering's group order
         self._dirty = False
@@ -251,7 +251,7 @@ class ContinuousSteering:
                 entry[1] -= 1
                 if entry[1] <= 0:
                     del self._slots[request.slot_key]
-                    self._slot_written.discard(request.slot_key)
+                    self._slot_rows.pop(request.slot_key, None)
 
     def in_flight(self) -> int:
         with self._lock:
@@ -324,12 +324,11 @@ class ContinuousSteering:
             if steering is None:
                 return
             for key, (slot, _) in self._slots.items():
-                if key not in self._slot_written:
+                if key not in self._slot_rows:
                     digest, row, scale = key
                     group = self._layout.index(digest)
-                    steering.set_spare_row(slot, group, [scale * iv.coefficients[row]
-                                                         for iv in self._specs[digest].interventions])
-                    self._slot_written.add(key)
+                    self._slot_rows[key] = steering.set_spare_row(
+                        slot, group, [scale * iv.coefficients[row] for iv in self._specs[digest].interventions])
             rows: list[int] = []
             for future in requests_in_batch:
                 state, count = future.state, future.query_length
@@ -362,7 +361,7 @@ class ContinuousSteering:
 
     def _global_row(self, steering: Steering, request: _Request) -> int:
         if request.slot_key is not None:
-            return steering.row_offsets[-1] + steering.group_specs[-1].n_configs + self._slots[request.slot_key][0]
+            return self._slot_rows[request.slot_key]
         return steering.row_offsets[self._layout.index(request.digest)] + request.row
 
     def _rebuild(self) -> None:
@@ -376,7 +375,7 @@ class ContinuousSteering:
         if self._steering is not None:
             self._steering.detach()
             self._steering = None
-        self._layout, self._slot_written = wanted, set()
+        self._layout, self._slot_rows = wanted, {}
         if wanted:
             self._steering = Steering.of_specs(self.model, [self._specs[d] for d in wanted], self.spare_rows)
         if self._graphs and self._io is not None:
