@@ -269,14 +269,14 @@ def test_perplexity_finite_and_lower_for_own_greedy_text(tiny):
 def test_perplexity_shares_each_prompt_and_matches_an_unpadded_oracle(tiny):
     """Several responses per prompt (the tuner's q candidates), batches that cut across
     prompt groups: every value equals exp(mean −log p) from one unpadded forward pass."""
-    from pysteer.evaluation.metrics import _prompt_ids
+    from pysteer.evaluation.metrics import prompt_token_ids
     model, tokenizer = tiny
     prompts = [p.prompt for p in builtin_prompts("train")[::50]][:3]
     answers = ["The moon is a rock.", "hello there, friend", "1 2 3", "Sure! Here it is", "1 2 3"]
     pairs = [(p, a) for a in answers for p in prompts]          # candidate-major, as the tuner
     got = response_perplexity(model, tokenizer, [p for p, _ in pairs], [a for _, a in pairs], batch_size=5)
     for (prompt, answer), value in zip(pairs, got):
-        p_ids = _prompt_ids(tokenizer, prompt, True)
+        p_ids = prompt_token_ids(tokenizer, prompt, True)
         r_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([p_ids + r_ids])
         with torch.no_grad():

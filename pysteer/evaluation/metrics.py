@@ -96,16 +96,13 @@ def degeneration(response: str, *, n: int = 3, max_repetition: float = 0.5, max_
             "is_degenerate": repetition > max_repetition or longest >= max_run or broken > max_broken}
 
 
-def _prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
+def prompt_token_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
     """Token ids of the prompt exactly as :func:`pysteer.models.encode_prompts` builds them."""
     if chat and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-
-
-prompt_token_ids = _prompt_ids  # public name: what :func:`token_perplexity` is given as prompts
 
 
 @torch.no_grad()
@@ -120,7 +117,7 @@ def response_perplexity(model, tokenizer, prompts: Sequence[str], responses: Seq
     """
     if len(prompts) != len(responses):
         raise EvaluationError(f"{len(prompts)} prompts but {len(responses)} responses")
-    prompt_ids = {p: _prompt_ids(tokenizer, p, chat) for p in dict.fromkeys(prompts)}
+    prompt_ids = {p: prompt_token_ids(tokenizer, p, chat) for p in dict.fromkeys(prompts)}
     response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return token_perplexity(model, [prompt_ids[p] for p in prompts], response_ids, steering=steering,
