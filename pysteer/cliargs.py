@@ -102,6 +102,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite float ≥ 0 (a strength)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
 def fraction(text: str) -> float:
     """argparse type: a float in [0, 1]."""
     value = finite_float(text)

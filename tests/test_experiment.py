@@ -13,15 +13,17 @@ from pysteer import DenseIntervention, SparseIntervention, SteeringSpec
 from pysteer.cli import main
 from pysteer.discovery.concise import _instruction_text
 from pysteer.discovery.prompts import VARIANTS, instruction_variants
-from pysteer.evaluation import builtin_prompts, generate_responses, score_responses
+from pysteer.evaluation import builtin_prompts, generate_responses, response_perplexity, score_responses
+from pysteer.evaluation.metrics import perplexity_ratio
 from pysteer.experiment import (INSTRUCTION_TYPES, TYPE_NAMES, Budget, ExperimentError, discovery_queries,
                                 evaluate, run_experiment, stack_specs, targets, write_report)
 from pysteer.experiment import pipeline
+from pysteer.experiment.names import UNTUNED
 from pysteer.sae import random_sae
 
 TOY = Budget(n_pairs=2, n_contents=2, pair_max_new_tokens=6, tune_rounds=2, tune_q=2, tune_minibatch=2,
              tune_max_new_tokens=4, tune_restarts=2, tune_raw_samples=32, eval_max_new_tokens=6, n_heldout=3,
-             batch_size=2)
+             batch_size=2, strengths=(0.5, 1.0), validation=2)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -74,47 +76,60 @@ def test_instruction_table_matches_builtin_prompts():
 
 def _rows(cells):
     """Rows from {type: (unsteered no-instr, {method: steered no-instr}, instr, {method: instr+steer})},
-    each cell (ifr_loose, degenerate_rate, perplexity)."""
+    each cell (ifr_loose, degenerate_rate, ppl_ratio_instructed)."""
     rows = []
     for name, (base, steered, instr, both) in cells.items():
         for setting, unsteered, by_method in (("no_instruction", base, steered), ("instruction", instr, both)):
-            for method, (ifr, degenerate, ppl) in [("unsteered", unsteered), *by_method.items()]:
+            for method, (ifr, degenerate, ratio) in [("unsteered", unsteered), *by_method.items()]:
                 rows.append({"type": name, "setting": setting, "method": method, "steered": method != "unsteered",
-                             "ifr_loose": ifr, "degenerate_rate": degenerate, "mean_perplexity": ppl})
+                             "ifr_loose": ifr, "degenerate_rate": degenerate, "ppl_ratio_instructed": ratio,
+                             "ppl_ratio": None if ratio is None else 2 * ratio})
     return rows
 
 
 def test_targets_rules_on_hand_made_numbers():
-    ok = (0.3, 0.10, 15.0)            # gain 0.3 − 0.1 (< 0.2 in floats), 10% degenerate, ppl 1.5× of 10
-    cells = {}
-    for i in range(6):
-        first_three = i < 3
-        cells[f"t{i}"] = (
-            (0.1, 0.0, 10.0),
-            {"good": ok if first_three else (0.2, 0.0, 10.0),       # (a) 3 of 6: met
-             "ppl": (0.3, 0.0, 15.1 if i == 0 else 15.0) if first_three else (0.1, 0.0, 10.0),
-             "degen": (0.3, 0.11 if i == 1 else 0.1, 10.0) if first_three else (0.1, 0.0, 10.0),
-             "empty": (0.3, 0.0, None if i == 2 else 10.0) if first_three else (0.1, 0.0, 10.0)},
-            (0.5, 0.0, 10.0),
-            {"good": (0.5 if i < 4 else 0.4, 0.0, 10.0),             # (b) 4 of 6: met
-             "ppl": (0.6 if i < 3 else 0.4, 0.0, 10.0),              # (b) 3 of 6: missed
-             "degen": (0.5, 0.9, 99.0), "empty": (0.0, 0.0, None)})
-    found = targets(_rows(cells))["methods"]
-    assert found["good"]["a"]["status"] == "met" and found["good"]["a"]["passed_types"] == ["t0", "t1", "t2"]
-    assert found["good"]["a"]["per_type"]["t0"]["gain"] == pytest.approx(0.2)
-    assert found["good"]["a"]["per_type"]["t0"]["perplexity_ratio"] == pytest.approx(1.5)
-    assert found["good"]["a"]["per_type"]["t3"]["failed"] == ["gain"]
-    assert found["ppl"]["a"]["status"] == "missed" and found["ppl"]["a"]["per_type"]["t0"]["failed"] == ["perplexity"]
-    assert found["degen"]["a"]["status"] == "missed" and found["degen"]["a"]["per_type"]["t1"]["failed"] == ["degenerate"]
-    assert found["empty"]["a"]["status"] == "missed" and found["empty"]["a"]["per_type"]["t2"]["failed"] == ["perplexity"]
-    assert found["good"]["b"]["status"] == "met" and found["good"]["b"]["passed"] == 4
-    assert found["ppl"]["b"]["status"] == "missed" and found["ppl"]["b"]["passed"] == 3
-    # (b) compares IFR only: degenerate, fluent-or-not instruction + steering at equal IFR passes
-    assert found["degen"]["b"]["passed"] == 6 and found["empty"]["b"]["passed"] == 0
+    within = (0.1, 0.0, 1.0)  # no gain, within the bounds
+    cells = {f"t{i}": [(0.1, 0.0, 1.0), {"m1": within, "m2": within, UNTUNED: (0.9, 0.5, 1.0)},
+                       (0.5, 0.0, 1.0), {"m1": (0.5, 0.0, 1.0), "m2": (0.5, 0.0, 1.0)}] for i in range(8)}
+    # (a): gain 0.3 − 0.1 (< 0.2 in floats) at exactly the bounds passes; the best method per type counts
+    cells["t0"][1]["m1"] = (0.3, 0.10, 1.5)
+    cells["t1"][1].update(m1=(0.9, 0.0, 1.51), m2=(0.35, 0.0, 1.2))     # m1 over the ratio; m2 passes
+    cells["t2"][1].update(m1=(0.9, 0.11, 1.0), m2=(0.2, 0.0, 1.0))      # m1 degenerate; m2 gains 0.1 only
+    cells["t3"][1]["m1"] = (0.9, 0.0, None)                             # every response empty: no ratio
+    # (b): t0 is not eligible (the instruction alone ≥ 0.9); +0.1 passes, +0.09 does not
+    cells["t0"][2:] = ((0.95, 0.0, 1.0), {"m1": (1.0, 0.0, 1.0), "m2": (1.0, 0.0, 1.0)})
+    cells["t1"][3]["m2"] = (0.6, 0.0, 1.0)
+    cells["t2"][3]["m1"] = (0.59, 0.0, 1.0)
+    cells["t3"][3]["m1"] = (0.9, 0.5, 9.0)                              # (b) judges IFR only
+    # (c): t4's untuned vector is within the bounds and beats m1 there
+    cells["t4"][1][UNTUNED] = (0.25, 0.0, 1.0)
+    cells["t4"][1]["m2"] = (0.25, 0.0, 1.0)                            # ties the untuned vector: passes
+    found = targets(_rows(cells))
+    a, b, c = found["a"], found["b"], found["c"]
+    assert a["passed_types"] == ["t0", "t1"] and a["status"] == "missed" and a["of"] == 8
+    assert a["per_type"]["t0"]["gain"] == pytest.approx(0.2) and a["per_type"]["t1"]["method"] == "m2"
+    assert a["per_type"]["t2"]["short_by"] == pytest.approx(0.1)          # m2's 0.1 within the bounds
+    assert a["per_type"]["t3"]["by_method"]["m1"]["failed"] == ["perplexity"]
+    assert a["per_type"]["t2"]["by_method"]["m1"]["failed"] == ["degenerate"]
+    assert a["per_type"]["t5"]["best_gain_within_bounds"] == pytest.approx(0.0)
+    assert UNTUNED not in found["methods"]
+    assert b["eligible_types"] == 7 and "t0" not in b["per_type"]
+    assert b["passed_types"] == ["t1", "t3"] and b["status"] == "missed"
+    assert b["per_type"]["t2"]["short_by"] == pytest.approx(0.01)
+    assert c["failed"] == ["t4/m1"] and c["status"] == "missed" and c["of"] == 16
+    assert c["per_point"]["t0/m1"]["untuned_value"] == pytest.approx(0.1)  # outside the bounds: not steering
+    assert c["per_point"]["t0/m1"]["value"] == pytest.approx(0.3)
 
-    two = {name: cells[name] for name in ("t0", "t3")}  # e.g. the demo: too few types to decide
-    partial = targets(_rows(two))["methods"]["good"]
+    cells["t4"][1]["m1"] = (0.5, 0.0, 1.0)
+    cells["t6"][1]["m1"] = (0.5, 0.0, 1.0)
+    cells["t5"][3]["m1"] = (0.8, 0.0, 1.0)
+    found = targets(_rows(cells))
+    assert [found[k]["status"] for k in "abc"] == ["met", "met", "met"]
+
+    two = {name: cells[name] for name in ("t0", "t5")}  # e.g. the demo: too few types to decide
+    partial = targets(_rows(two))
     assert partial["a"]["status"] == "undecided" and partial["a"]["passed"] == 1 and partial["a"]["evaluated"] == 2
+    assert partial["b"]["status"] == "undecided" and partial["c"]["status"] == "undecided"
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -169,6 +184,13 @@ def test_evaluate_equals_plain_and_single_spec_generation(chat):
                                      instruction_in_prompt=with_instruction)
             assert cells[method]["ifr_loose"] == report.ifr_loose and cells[method]["oq"] == pytest.approx(report.oq)
             assert cells[method]["mean_perplexity"] == pytest.approx(report.mean_perplexity, rel=1e-4)
+            # both ratios: the median over prompts against the unsteered responses, under the
+            # prompt sent and under the prompt with the instruction (the same when it was sent)
+            for ratio, scored_under in (("ppl_ratio", texts), ("ppl_ratio_instructed", [p.prompt for p in prompts])):
+                mine = response_perplexity(model, tokenizer, scored_under, alone)
+                base = response_perplexity(model, tokenizer, scored_under, plain)
+                assert cells[method][ratio] == pytest.approx(perplexity_ratio(mine, base), rel=1e-4), (key, ratio)
+            assert cells["unsteered"]["ppl_ratio_instructed"] == pytest.approx(1.0)
         # the examples: the best and the worst case, the same prompts for every label
         examples = cells["dm"]["examples"]
         assert [e["case"] for e in examples] == ["best", "worst"]
@@ -192,29 +214,44 @@ def test_run_experiment_writes_specs_that_load_back(chat, tmp_path):
     out = tmp_path / "run"
     result = run_experiment(model, tokenizer, ["lowercase"], ["diff-means", "saif", "concise"], sae, TOY, out,
                             progress=False)
-    assert sorted(p.name for p in (out / "lowercase").iterdir()) == ["concise", "concise.tuning", "diff-means", "saif"]
-    loaded = {m: SteeringSpec.load(out / "lowercase" / m) for m in result.methods}
+    assert sorted(p.name for p in (out / "lowercase").iterdir()) == ["concise", "concise.tuning", "diff-means",
+                                                                     "saif", UNTUNED]
+    assert (out / "frontier.png").stat().st_size > 0
+    loaded = {m: SteeringSpec.load(out / "lowercase" / m) for m in [*result.methods, UNTUNED]}
     dm = loaded["diff-means"]
-    assert dm.interventions[0].edits[0].name == "ADD" and "layer_search" in dm.metadata
-    # its coefficient is one of the grid's multiples of ‖v‖, the one the search chose
-    search = dm.metadata["layer_search"][str(dm.layers[0])]
-    assert dm.interventions[0].coefficients.item() == pytest.approx(search["coefficient"])
+    assert dm.interventions[0].edits[0].name == "ADD"
+    # its coefficient is the operating strength (chosen on the train frontier) times ‖v‖
+    point = dm.metadata["operating_point"]
+    assert point["strength"] in TOY.strengths and set(point["train_frontiers"]) == {str(dm.layers[0])}
+    assert dm.interventions[0].coefficients.item() == pytest.approx(point["strength"] * dm.metadata["norm"], rel=1e-5)
+    untuned = loaded[UNTUNED]
+    assert untuned.interventions[0].edits[0].name == "PROJECT" and untuned.layers == dm.layers
+    assert untuned.interventions[0].coefficients.item() == pytest.approx(untuned.metadata["z_bar"], rel=1e-5)
     assert loaded["saif"].metadata["method"] == "saif" and len(loaded["saif"].metadata["discovery"]["features"]) == 15
     tuned = loaded["concise"]
     assert tuned.interventions[0].width == 30 and "tuner" in tuned.metadata
     history = json.loads((out / "lowercase" / "concise.tuning" / "history.json").read_text())
     assert history["rounds_done"] == TOY.tune_rounds and history["settings"]["instruction_in_prompt"] is False
     assert history["records"][0]["proposer"] == "template"
-    # the tuner's best candidate is what was saved and evaluated
-    assert tuned.interventions[0].coefficients[0].tolist() == pytest.approx(
-        max(history["records"], key=lambda r: r["reward"])["candidate"])
+    assert len(history["records"][0]["candidate"]) == 2          # the grouped space: supportive, opposing
+    assert history["goal"]["objectives"] == ["ifr_loose"]
+    # the tuner's best (feasible, else least violating) candidate is what was saved and evaluated
+    best = SteeringSpec.load(out / "lowercase" / "concise.tuning" / "best_spec")
+    assert torch.equal(tuned.interventions[0].coefficients, best.interventions[0].coefficients)
     assert set(result.timings["lowercase"]["discover"]) == set(result.methods)
     assert result.timings["lowercase"]["tune"].keys() == {"concise"} and result.timings["lowercase"]["eval"] > 0
 
     doc = json.loads((out / "results.json").read_text())
-    assert len(doc["rows"]) == 2 * (1 + 3) and doc["targets"]["methods"].keys() == {"diff-means", "saif", "concise"}
+    assert len(doc["rows"]) == 2 * (1 + 4) and doc["targets"]["methods"] == ["diff-means", "saif", "concise"]
+    frontiers = doc["evaluations"]["lowercase"]["frontiers"]
+    assert list(frontiers) == ["diff-means", "saif", "concise"]
+    for frontier in frontiers.values():
+        assert [p["strength"] for p in frontier["points"]] == list(TOY.strengths)
+        assert frontier["unsteered"]["ppl_ratio_instructed"] == pytest.approx(1.0)
+        assert frontier["prompt_keys"] == doc["evaluations"]["lowercase"]["prompt_keys"]
     markdown = (out / "results.md").read_text()
     assert "| lowercase | no instruction + steering | concise |" in markdown and "## Targets" in markdown
+    assert "## Frontiers" in markdown and "### lowercase: saif" in markdown
     with pytest.raises(FileExistsError, match="overwrite"):
         run_experiment(model, tokenizer, ["lowercase"], ["diff-means"], sae, TOY, out, progress=False)
     with pytest.raises(ExperimentError, match="no SAE at layer"):
@@ -226,7 +263,7 @@ def test_run_experiment_writes_specs_that_load_back(chat, tmp_path):
     assert "responses" not in cell and len(cell["examples"]) == 2
     assert json.loads((tmp_path / "r" / "results.json").read_text())["rows"] == written["rows"]
     table = (tmp_path / "r" / "results.md").read_text()
-    header = "| case | prompt | unsteered | diff-means | saif | concise |"
+    header = f"| case | prompt | unsteered | diff-means | saif | concise | {UNTUNED} |"
     assert table.count(header) == 2 and "Describe the sun." in table
 
 

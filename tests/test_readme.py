@@ -32,6 +32,7 @@ TINY_BUDGET = {
     "pysteer discover saif": ["--n-prompts", "2"],
     "pysteer discover concise": ["--n-prompts", "2", "--max-new-tokens", "8"],
     "pysteer eval": ["--limit", "2", "--max-new-tokens", "4"],
+    "pysteer frontier": ["--n-prompts", "2", "--strengths", "0.5", "1", "--max-new-tokens", "4"],
     "pysteer tune": ["--rounds", "2", "--q", "2", "--minibatch", "2", "--max-new-tokens", "4",
                      "--restarts", "1", "--raw-samples", "16"],
     "pysteer train-sae": ["--tokens", "2048", "--batch-size", "256", "--buffer-tokens", "1024",

@@ -64,34 +64,78 @@ def is_refusal_or_empty(response: str) -> bool:
 
 
 _RULE_CHARS = set("-=_*#.~ \t\n")  # markdown rules and indentation repeat legitimately
+# List enumerators ("1. ", "2) " at a line start) differ from item to item, so a list that repeats
+# one item over and over would otherwise read as new text at every line.
+_ENUMERATOR = re.compile(r"^[ \t]*\d{1,3}[.)](?=\s|$)", re.MULTILINE)
+# One short unit (2–10 characters) repeated back to back: a sub-word loop ("BUSBUSBUS", "S "S "S ")
+# that neither word n-grams (one "word") nor one-character runs see.
+_UNIT_RUN = re.compile(r"(.{2,10}?)\1{3,}", re.DOTALL)
+_UNIT_MARKUP_COPIES = 10  # a unit without letters ("* ", '" ') must repeat this often: "* * *" is a rule
+# A run of this many letters with no space, digit or case change is not a word of any language
+# (the longest dictionary words are about 30; camelCase identifiers split at their capitals):
+# it is sub-word tokens glued together, as a model emits when steering breaks it.
+_GLUED_LETTERS = 30
+_LETTER_RUN = re.compile(r"[^\W\d_]{%d,}" % _GLUED_LETTERS)
+_CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])")
+# Readable text, code and JSON are mostly letters and digits; below this share of the visible
+# characters (over at least _MARKUP_MIN of them) a response is markup with nothing in it.
+_MIN_CONTENT, _MARKUP_MIN = 0.25, 20
 
 
 def degeneration(response: str, *, n: int = 3, max_repetition: float = 0.5, max_run: int = 20,
                  max_broken: float = 0.02) -> dict:
     """Signs of degenerate text.
 
-    - ``repetition``: fraction of repeated word n-grams, 1 − #distinct / #total (0 if
-      fewer than n+1 words);
-    - ``longest_run``: longest run of one repeated character (spaces and markdown rule
-      characters excluded);
+    - ``repetition``: fraction of word n-grams that repeat an earlier one (over the whole
+      text: 1 − #distinct / #total; 0 if fewer than n+1 words), or that fraction over the
+      second half's n-grams if larger; list enumerators ("1.", "2)") are left out;
+    - ``longest_run``: longest run, in characters, of one repeated character (markdown rule
+      characters and indentation excluded) or of one short unit repeated back to back
+      (2–10 characters, ≥ 4 copies with a letter in it, ≥ 10 copies without);
     - ``broken``: fraction of characters that are U+FFFD or non-printable control/format
-      characters (newlines and tabs excepted).
+      characters (newlines and tabs excepted), or letters of a glued run of ≥ 30 letters
+      (no space, digit or case change); for a response of markup alone (letters and
+      digits < 25 % of ≥ 20 visible characters), 1 − that share.
 
     ``is_degenerate`` when repetition > max_repetition, longest_run ≥ max_run or
     broken > max_broken.
     """
-    tokens = [w.lower() for w in words(response)]
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-    repetition = 1.0 - len(set(grams)) / len(grams) if len(tokens) > n else 0.0
-    longest, run, previous = 0, 0, None
+    tokens = [w.lower() for w in words(_ENUMERATOR.sub(" ", response))]
+    seen, repeats = set(), []
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(tokens[i:i + n])
+        repeats.append(gram in seen)
+        seen.add(gram)
+    repetition = sum(repeats) / len(repeats) if len(tokens) > n else 0.0
+    # Greedy loops are absorbing: once a response repeats itself it does so to the end, so a
+    # loop after a good opening shows in the second half, undiluted by the opening.
+    tail = repeats[len(repeats) // 2:]
+    if len(tail) > 2 * n:
+        repetition = max(repetition, sum(tail) / len(tail))
+    longest, run, previous, indent = 0, 0, None, True
     for char in response:
-        run = run + 1 if char == previous else 1
+        if char != previous:
+            run, indent = 1, previous is None or previous == "\n"
+        else:
+            run += 1
         previous = char
-        if char not in _RULE_CHARS:
+        # Spaces and tabs count except as indentation: a run of them mid-line is filler.
+        if char not in _RULE_CHARS or (char in " \t" and not indent):
             longest = max(longest, run)
+    for match in _UNIT_RUN.finditer(response):
+        unit, span = match.group(1), len(match.group(0))
+        if any(c.isalpha() for c in unit) or (span // len(unit) >= _UNIT_MARKUP_COPIES and not unit.isspace()):
+            longest = max(longest, span)
     bad = sum(c == "\ufffd" or (unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs") and c not in "\n\t\r")
               for c in response)
+    bad += sum(len(piece) for letters in _LETTER_RUN.findall(response) for piece in _CAMEL.split(letters)
+               if len(piece) >= _GLUED_LETTERS)
     broken = bad / len(response) if response else 0.0
+    visible = [c for c in response if not c.isspace()]
+    if len(visible) >= _MARKUP_MIN:
+        content = sum(c.isalnum() for c in visible) / len(visible)
+        if content < _MIN_CONTENT:
+            broken = max(broken, 1.0 - content)
     return {"repetition": repetition, "longest_run": longest, "broken": broken,
             "is_degenerate": repetition > max_repetition or longest >= max_run or broken > max_broken}
 

@@ -2,23 +2,26 @@
 
 For each instruction type (:mod:`.instructions`) and each method:
 
-- ``diff-means`` (Stolfo et al.): the difference-in-means vector, added as ``h + c·u``
-  with the layer (among ``Budget.dm_layers``) and c (among ``Budget.dm_scales`` ×
-  ‖v‖) chosen by IFR on the type's train prompts among the choices within the report's
-  quality bounds (degenerate ≤ 10 %, perplexity ≤ 1.5 × unsteered) — the paper's layer
-  search, with a coefficient grid because at the projection form's z̄ this 135M
-  model's outputs do not change (reports/smollm2/layer_search.json);
-- ``saif``: SAIF's top latents with their score-proportional ``add`` weights; not tuned;
+- ``diff-means`` (Stolfo et al.): the difference-in-means vector, added as ``h + s·‖v‖·u``,
+  with the layer (among ``Budget.dm_layers``) and the strength s (among
+  ``Budget.strengths``) read off the train frontier (:mod:`.frontier`): the highest train
+  IFR within the report's quality bounds (:data:`~.frontier.REPORT_BOUNDS`) — the paper's
+  layer search, with a strength grid;
+- ``saif``: SAIF's top latents with their score-proportional ``add`` weights, at the
+  strength its train frontier chooses the same way;
 - ``concise`` (Concise-SAE): 15 supportive + 15 opposing latents, whose coefficients
   are then tuned by the BoTorch tuner on the type's *train* prompts sent *without* the
-  instruction (the box from the latents' activation statistics).
+  instruction: IFR maximised subject to the same bounds, the best feasible candidate kept;
+- ``untuned-dm`` (:data:`~.names.UNTUNED`): the plain vector, projection form at z̄ at
+  the experiment's layer, evaluated as the baseline tuning has to beat.
 
 Discovery reads only the built-in queries that are not held-out requests. Each spec
 is then evaluated on the type's *held-out* prompts in four settings — no instruction,
 no instruction + steering, instruction, instruction + steering — by IFR (loose and
-strict), RR, OQ, degenerate rate and the responses' perplexity under the unsteered
-model (:func:`evaluate`). :func:`run_experiment` does both for every type and saves
-every spec it made.
+strict), RR, OQ, degenerate rate and both perplexity ratios (:func:`evaluate`), and each
+method's spec is swept over the strengths on the held-out prompts without the instruction
+(:func:`held_out_frontiers`: reported, never chosen from). :func:`run_experiment` does all
+of it for every type and saves every spec it made.
 """
 
 from __future__ import annotations
@@ -34,18 +37,20 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..discovery import concise, evaluation_scorer, layer_search, saif
+from ..discovery import concise, instruction_vectors, saif
 from ..discovery.prompts import BASE_QUERIES, sample
 from ..evaluation import (builtin_prompts, generate_for_configs, generate_responses, response_perplexity,
                           score_responses)
+from ..evaluation.metrics import perplexity_ratio
 from ..fileio import staged_directory
 from ..patching import model_facts, steer
 from ..sae import SAE, load_sae
 from ..spec import SparseIntervention, SteeringSpec, stack_specs
 from .errors import ExperimentError
 from .instructions import InstructionType, get_type, resolve_types
-from .names import BUDGET_NAMES, METHODS, SAE_METHODS, SETTINGS, TUNED_METHODS, UNSTEERED
-from .report import MAX_DEGENERATE, MAX_PPL_RATIO, choose_examples, response_score
+from .names import BUDGET_NAMES, FRONTIER_PLOT, METHODS, SAE_METHODS, SETTINGS, TUNED_METHODS, UNSTEERED, UNTUNED
+from .frontier import REPORT_BOUNDS, Frontier, FrontierPoint, operating_point, scaled, sweep
+from .report import choose_examples, response_score
 
 __all__ = ["METHODS", "SAE_METHODS", "TUNED_METHODS", "SETTINGS", "Budget", "discovery_queries",
            "find_spec", "tune_spec", "discover", "stack_specs", "evaluate", "ExperimentResult",
@@ -73,19 +78,26 @@ class Budget:
     eval_max_new_tokens: int = 64
     n_heldout: int = 10            # held-out prompts per type (the built-in set has 10)
     batch_size: int = 32
-    # diff-means: coefficients c = s·‖v_ℓ‖ tried (add form) and train prompts scoring them;
-    # candidate layers for its layer search (empty: the experiment's layer only)
-    dm_scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
-    dm_validation: int = 8
+    # Strengths s swept: diff-means adds s·‖v_ℓ‖·u, SAIF s × its weights, and every held-out
+    # frontier scales the method's spec by s. DM and SAIF choose theirs on ``validation`` train
+    # prompts; diff-means also its layer among ``dm_layers`` (empty: the experiment's layer only).
+    strengths: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+    validation: int = 8
     dm_layers: tuple[int, ...] = ()
+    # Concise-SAE's search space: "grouped" (one strength for the supportive and one for the
+    # opposing latents, times per-latent scales) or "full" (one coefficient per latent).
+    tune_space: str = "grouped"
 
     def __post_init__(self) -> None:
         for name, value in dataclasses.asdict(self).items():
-            if name in ("dm_scales", "dm_layers"):
-                if not isinstance(value, tuple) or (name == "dm_scales" and not value) or \
+            if name == "tune_space":
+                if value not in ("grouped", "full"):
+                    raise ExperimentError(f"Budget.tune_space must be 'grouped' or 'full', got {value!r}")
+            elif name in ("strengths", "dm_layers"):
+                if not isinstance(value, tuple) or (name == "strengths" and not value) or \
                         not all(isinstance(v, (int, float)) and v >= 0 for v in value):
                     raise ExperimentError(f"Budget.{name} must be a tuple of non-negative numbers"
-                                          f"{' (at least one)' if name == 'dm_scales' else ''}, got {value!r}")
+                                          f"{' (at least one)' if name == 'strengths' else ''}, got {value!r}")
             elif not isinstance(value, int) or value < 1:
                 raise ExperimentError(f"Budget.{name} must be a positive int, got {value!r}")
 
@@ -94,12 +106,17 @@ class Budget:
         """Small: ``pysteer demo``'s 2 types × 3 methods in a few minutes on 2 CPU cores."""
         return cls(n_pairs=6, n_contents=4, pair_max_new_tokens=32, tune_rounds=3, tune_q=4,
                    tune_minibatch=4, tune_max_new_tokens=24, tune_restarts=2, tune_raw_samples=64,
-                   eval_max_new_tokens=40, n_heldout=6, batch_size=32)
+                   eval_max_new_tokens=40, n_heldout=6, batch_size=32, strengths=(0.5, 1.0, 1.5, 2.0),
+                   validation=6)
 
     @classmethod
     def report(cls) -> "Budget":
-        """The results report's sizes (the defaults; diff-means searches the SAE candidate layers)."""
-        return cls(dm_layers=(9, 12, 15, 18, 21))
+        """The results report's sizes: the defaults; diff-means searches three layers around the
+        SAE's (15: reports/smollm2/layer_search.json ranks 15, 12 and 9 best, 18 and 21 worst);
+        Concise-SAE's two group strengths get 6 rounds × q 6 (36 evaluations). Train prompts
+        are answered at 32 tokens; 64 tokens with the full space was tried and did worse held
+        out (reports/smollm2/tried/train-at-eval-length-full-space/)."""
+        return cls(dm_layers=(12, 15, 18), tune_rounds=6, tune_q=6)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -122,11 +139,43 @@ def _check_method(method: str) -> str:
 
 
 # ---------------------------------------------------------------------------- discovery
+def _train_frontier(model, tokenizer, spec: SteeringSpec, itype: InstructionType, budget: Budget,
+                    label: str) -> Frontier:
+    """``spec`` over ``budget.strengths`` on the type's first ``budget.validation`` train
+    prompts sent without the instruction: what an operating point is chosen from."""
+    validation = builtin_prompts("train", [itype.instruction_id])[:budget.validation]
+    return sweep(model, tokenizer, spec, validation, budget.strengths, instruction_in_prompt=False,
+                 max_new_tokens=budget.tune_max_new_tokens, label=label)
+
+
+def _record_operating_point(spec: SteeringSpec, strength: Optional[float], feasible: bool, how: str,
+                            train: Mapping[str, Frontier]) -> None:
+    spec.metadata["operating_point"] = {
+        "strength": strength, "feasible": feasible, "chosen_by": how, "bounds": REPORT_BOUNDS.to_json(),
+        "train_frontiers": {name: frontier.to_json() for name, frontier in train.items()}}
+
+
+def _choose(frontiers: Mapping[Any, Frontier]) -> tuple[Any, Optional[FrontierPoint]]:
+    """The (key, point) with the highest train IFR within the report's bounds over every
+    frontier (ties → the smaller strength, then the earlier frontier); (None, None) if none."""
+    best: tuple[Any, Optional[FrontierPoint]] = (None, None)
+    for key, frontier in frontiers.items():
+        point = operating_point(frontier, REPORT_BOUNDS)
+        if point is not None and (best[1] is None or (point.outcomes["ifr_loose"], -point.strength)
+                                  > (best[1].outcomes["ifr_loose"], -best[1].strength)):
+            best = (key, point)
+    return best
+
+
 def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
               sae: "SAE | str | None" = None, layer: Optional[int] = None, budget: Budget,
               seed: int = 0, progress: bool = True) -> SteeringSpec:
     """``method``'s untuned spec for ``itype`` at ``layer`` (SAE methods: default the SAE's).
 
+    diff-means and SAIF specs come with their operating point chosen on train prompts
+    (``metadata["operating_point"]``: the strength, whether it is within the report's
+    bounds, the train frontiers it was read from); :func:`at_operating_point` applies it.
+    diff-means' spec is the chosen layer's vector added at c = ‖v‖ (strength 1).
     SAIF and Concise-SAE specs carry their latents' statistics (and Concise-SAE its
     pairs) in ``metadata["discovery"]``; :func:`tune_spec` derives its box from them.
     """
@@ -139,22 +188,18 @@ def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
     if layer is None:
         raise ExperimentError(f"method {method} needs layer= (or an SAE whose hook_name names its layer)")
     if method == "diff-means":
-        # Stolfo et al. choose the layer (and here the coefficient) on validation prompts:
-        # the type's train prompts, sent without the instruction.
+        # Stolfo et al. choose the layer on validation prompts; here the strength too, by the
+        # train frontier of each candidate layer's vector (one batched generation per layer).
         candidates = sorted(set(budget.dm_layers) | {layer}) if budget.dm_layers else [layer]
-        validation = builtin_prompts("train", [itype.instruction_id])[:budget.dm_validation]
-        # A coefficient qualifies only within the report's quality bounds (degenerate ≤ 10 %,
-        # perplexity ≤ 1.5 × the unsteered responses'), checked here on train prompts.
-        scorer = evaluation_scorer(max_new_tokens=budget.tune_max_new_tokens, batch_size=len(validation),
-                                   perplexity=True)
-        search = layer_search(model, tokenizer, itype.instruction_text, validation, scorer,
-                              candidate_layers=candidates, base_prompts=discovery_queries(),
-                              n_prompts=budget.n_pairs, mode="add", scales=list(budget.dm_scales),
-                              max_degenerate=MAX_DEGENERATE, max_perplexity_ratio=MAX_PPL_RATIO, **common)
-        if search.best_layer is None:  # every coefficient degenerated everywhere: the smallest at the given layer
-            spec = search.results[layer].spec("add", budget.dm_scales[0] * search.results[layer].norm)
-        else:
-            spec = search.spec()
+        vectors = instruction_vectors(model, tokenizer, itype.instruction_text, candidates, discovery_queries(),
+                                      n_prompts=budget.n_pairs, **common)
+        frontiers = {ell: _train_frontier(model, tokenizer, vectors[ell].spec("add"), itype, budget, f"layer {ell}")
+                     for ell in tqdm(candidates, desc="diff-means layers", disable=not progress, unit="layer")}
+        chosen, point = _choose(frontiers)
+        chosen = layer if chosen is None else chosen  # nothing within the bounds: the experiment's layer
+        spec = vectors[chosen].spec("add")
+        _record_operating_point(spec, point.strength if point else min(budget.strengths), point is not None,
+                                "train frontier (layers x strengths)", {str(k): f for k, f in frontiers.items()})
     elif method == "saif":
         contents = sample(discovery_queries(), budget.n_contents, seed)
         result = saif(model, tokenizer, sae, itype.instruction_text, variants=itype.variants(),
@@ -162,6 +207,10 @@ def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
         spec = result.spec()
         spec.metadata["strength"] = float(result.weights.sum())
         spec.metadata["discovery"] = {"features": result.table(), "variants": result.variants}
+        frontier = _train_frontier(model, tokenizer, spec, itype, budget, "saif")
+        point = operating_point(frontier, REPORT_BOUNDS)
+        _record_operating_point(spec, point.strength if point else min(budget.strengths), point is not None,
+                                "train frontier (strengths)", {"saif": frontier})
     else:
         result = concise(model, tokenizer, sae, itype.instruction_text, itype.keyword,
                          n_pairs=budget.n_pairs, layer=layer, max_new_tokens=budget.pair_max_new_tokens,
@@ -173,6 +222,29 @@ def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
     return spec
 
 
+def untuned_spec(model, tokenizer, itype: "str | InstructionType", layer: int, budget: Budget, *,
+                 seed: int = 0, progress: bool = True) -> SteeringSpec:
+    """The plain difference-in-means vector a user gets from ``pysteer discover diff-means
+    --layer LAYER``: the projection form at z̄, nothing chosen — what tuning must beat."""
+    itype = get_type(itype)
+    vector = instruction_vectors(model, tokenizer, itype.instruction_text, [layer], discovery_queries(),
+                                 n_prompts=budget.n_pairs, batch_size=budget.batch_size, progress=progress,
+                                 seed=seed)[layer]
+    spec = vector.spec("project")
+    spec.metadata.update(type=itype.name, instruction_id=itype.instruction_id, untuned=True)
+    return spec
+
+
+def at_operating_point(spec: SteeringSpec) -> SteeringSpec:
+    """``spec`` scaled by the strength in its ``metadata["operating_point"]`` (as it is without one)."""
+    point = spec.metadata.get("operating_point")
+    if not point or point.get("strength") in (None, 1.0):
+        return spec
+    scaled_spec = scaled(spec, float(point["strength"]))
+    scaled_spec.metadata["operating_point"] = {**point, "applied": True}
+    return scaled_spec
+
+
 def _saes_of(spec: SteeringSpec) -> dict[str, SAE]:
     """The TopK SAEs a spec already holds, by path, so reloading the spec does not read them again."""
     return {iv.sae_path: iv.sae for iv in spec.interventions
@@ -181,15 +253,19 @@ def _saes_of(spec: SteeringSpec) -> dict[str, SAE]:
 
 def tune_spec(model, tokenizer, spec: SteeringSpec, itype: "str | InstructionType", budget: Budget, *,
               out_dir: "str | Path | None" = None, seed: int = 0, progress: bool = True) -> SteeringSpec:
-    """The tuner's best configuration of ``spec`` for ``itype`` (a one-configuration spec).
+    """The tuner's best configuration of ``spec`` for ``itype`` within the report's bounds.
 
-    BoTorch over the spec's coefficients (box from ``metadata["discovery"]["features"]``
-    when present), the batched objective on the type's train prompts sent without the
-    instruction, the template's own coefficients as the first candidate. The tuner's
-    files (``history.json``, ``best_spec/``, ``reward.png``) go to ``out_dir`` (default:
-    a temporary directory, removed afterwards).
+    BoTorch maximises IFR (loose) subject to the report's quality bounds
+    (:data:`~.frontier.REPORT_BOUNDS`: degenerate rate, perplexity ratio to the unsteered
+    model's own responses under the prompt with the instruction) over ``budget.tune_space``
+    (box from ``metadata["discovery"]["features"]`` when present), measured by the batched
+    objective on the type's train prompts sent without the instruction, the template's own
+    coefficients as the first candidate. The result is the best *feasible* candidate;
+    ``metadata["operating_point"]`` says whether one was (strength 1: the tuned point).
+    The tuner's files (``history.json``, ``best_spec/``, ``reward.png``) go to ``out_dir``
+    (default: a temporary directory, removed afterwards).
     """
-    from ..tuner import AcquisitionOptions, BatchedObjective, search_space, tune
+    from ..tuner import AcquisitionOptions, BatchedObjective, grouped_search_space, search_space, tune
 
     itype = get_type(itype)
     features = spec.metadata.get("discovery", {}).get("features")
@@ -197,29 +273,40 @@ def tune_spec(model, tokenizer, spec: SteeringSpec, itype: "str | InstructionTyp
     if features and len(spec.layers) == 1:
         stats = {"layer": spec.layers[0], "features": features}
     space = search_space(spec, stats)
+    if budget.tune_space == "grouped":
+        space = grouped_search_space(space, groups="sign")
     prompts = builtin_prompts("train", [itype.instruction_id])
     objective = BatchedObjective(model, tokenizer, space, prompts, minibatch=budget.tune_minibatch,
                                  max_new_tokens=budget.tune_max_new_tokens, seed=seed,
                                  instruction_in_prompt=False, batch_size=budget.batch_size * budget.tune_q)
     options = AcquisitionOptions(num_restarts=budget.tune_restarts, raw_samples=budget.tune_raw_samples)
-    settings = {**objective.describe(), "type": itype.name, "instruction_id": itype.instruction_id}
+    settings = {**objective.describe(), "type": itype.name, "instruction_id": itype.instruction_id,
+                "space": budget.tune_space}
     with tempfile.TemporaryDirectory(prefix="pysteer-tune-") as scratch:
         directory = Path(out_dir) if out_dir is not None else Path(scratch)
         result = tune(objective, space, directory, rounds=budget.tune_rounds, q=budget.tune_q, seed=seed,
                       initial=space.vector().unsqueeze(0), progress=progress, options=options,
-                      settings=settings)
-        return SteeringSpec.load(result.best_spec_path, saes=_saes_of(spec))
+                      settings=settings, objective="ifr_loose", constraints=REPORT_BOUNDS.constraints())
+        tuned = SteeringSpec.load(result.best_spec_path, saes=_saes_of(spec))
+    tuned.metadata["operating_point"] = {"strength": 1.0, "feasible": bool(result.feasible),
+                                         "chosen_by": f"BoTorch qLogNEI under the bounds ({budget.tune_space} space)",
+                                         "bounds": REPORT_BOUNDS.to_json(),
+                                         "train": {k: result.best.metrics.get(k) for k in
+                                                   ("ifr_loose", "degenerate_rate", "ppl_ratio",
+                                                    "ppl_ratio_instructed")}}
+    return tuned
 
 
 def discover(method: str, model, tokenizer, itype: "str | InstructionType", *,
              sae: "SAE | str | None" = None, layer: Optional[int] = None, budget: Budget, seed: int = 0,
              progress: bool = True, tune_dir: "str | Path | None" = None) -> SteeringSpec:
-    """``method``'s spec for ``itype``: :func:`find_spec`, then :func:`tune_spec` for Concise-SAE."""
+    """``method``'s spec for ``itype`` at its operating point: :func:`find_spec`, then
+    :func:`tune_spec` for Concise-SAE, then :func:`at_operating_point`."""
     spec = find_spec(method, model, tokenizer, itype, sae=sae, layer=layer, budget=budget, seed=seed,
                      progress=progress)
     if method in TUNED_METHODS:
         spec = tune_spec(model, tokenizer, spec, itype, budget, out_dir=tune_dir, seed=seed, progress=progress)
-    return spec
+    return at_operating_point(spec)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -278,21 +365,41 @@ def evaluate(model, tokenizer, specs_by_method: Mapping[str, SteeringSpec], ityp
             # Every cell's perplexity in one pass under the unsteered model (nothing is attached
             # now); responses to the same prompt share its prefill.
             labels = [UNSTEERED] + methods
-            ppl = response_perplexity(model, tokenizer, texts * len(labels),
-                                      [r for label in labels for r in responses[label]],
-                                      batch_size=budget.batch_size)
+            flat = [r for label in labels for r in responses[label]]
+            ppl = response_perplexity(model, tokenizer, texts * len(labels), flat, batch_size=budget.batch_size)
+            # The instructed reference (frontier module): the same responses under the prompt
+            # with the instruction; the same numbers when the instruction was sent.
+            instructed = [p.prompt for p in prompts]
+            ppl_instructed = ppl if with_instruction else response_perplexity(
+                model, tokenizer, instructed * len(labels), flat, batch_size=budget.batch_size)
             n = len(prompts)
             settings[key] = {}
             for i, label in enumerate(labels):
+                rows = slice(i * n, (i + 1) * n)
                 report = score_responses(prompts, responses[label], instruction_in_prompt=with_instruction,
-                                         perplexities=ppl[i * n:(i + 1) * n])
+                                         perplexities=ppl[rows])
                 settings[key][label] = _cell(report, responses[label])
+                settings[key][label]["ppl_ratio"] = perplexity_ratio(ppl[rows], ppl[:n])
+                settings[key][label]["ppl_ratio_instructed"] = perplexity_ratio(ppl_instructed[rows],
+                                                                                ppl_instructed[:n])
     finally:
         bar.close()
     _add_examples(settings, prompts)
     return {"type": itype.name, "instruction_id": itype.instruction_id, "prompt_keys": [p.key for p in prompts],
             "methods": methods, "stacks": [names for _, names in stacks], "settings": settings,
             "seconds": round(time.perf_counter() - start_time, 2)}
+
+
+def held_out_frontiers(model, tokenizer, specs_by_method: Mapping[str, SteeringSpec],
+                       itype: "str | InstructionType", budget: Budget) -> dict[str, Frontier]:
+    """Each method's frontier on ``itype``'s held-out prompts sent without the instruction:
+    its spec (before the operating point's strength) over ``budget.strengths``, one batched
+    generation per method. Reported only: nothing is chosen from it."""
+    itype = get_type(itype)
+    prompts = builtin_prompts("heldout", [itype.instruction_id])[:budget.n_heldout]
+    return {method: sweep(model, tokenizer, spec, prompts, budget.strengths, instruction_in_prompt=False,
+                          max_new_tokens=budget.eval_max_new_tokens, batch_size=budget.batch_size, label=method)
+            for method, spec in specs_by_method.items()}
 
 
 # ---------------------------------------------------------------------------- the experiment
@@ -322,16 +429,35 @@ class ExperimentResult:
                     rows.append({"type": itype.name, "instruction_id": itype.instruction_id, "setting": key,
                                  "instruction_in_prompt": with_instruction, "method": label,
                                  "steered": label != UNSTEERED,
-                                 **{k: cell[k] for k in ("ifr_loose", "ifr_strict", "rr", "oq",
-                                                         "degenerate_rate", "mean_perplexity", "n")}})
+                                 **{k: cell.get(k) for k in ("ifr_loose", "ifr_strict", "rr", "oq",
+                                                             "degenerate_rate", "mean_perplexity", "ppl_ratio",
+                                                             "ppl_ratio_instructed", "n")}})
         return rows
+
+    def frontiers(self) -> dict[str, dict[str, Frontier]]:
+        """``{type: {method: held-out Frontier}}``."""
+        return {name: {m: Frontier.from_json(doc) for m, doc in ev.get("frontiers", {}).items()}
+                for name, ev in self.evaluations.items()}
+
+    def operating_strengths(self) -> dict[str, dict[str, Optional[float]]]:
+        """``{type: {method: the strength chosen on train prompts}}``."""
+        return {name: {m: point.get("strength") for m, point in ev.get("operating_points", {}).items()}
+                for name, ev in self.evaluations.items()}
+
+    def plot_frontiers(self, path: "str | Path") -> Path:
+        """The held-out frontiers of every type and method as one PNG (:func:`~.frontier.plot_frontiers`)."""
+        from .frontier import plot_frontiers
+
+        return plot_frontiers(self.frontiers(), path, REPORT_BOUNDS, self.operating_strengths(),
+                              title="held-out prompts, without the instruction")
 
     def total_seconds(self) -> dict[str, float]:
         """Seconds spent discovering, tuning and evaluating, over all types."""
-        totals = {"discover": 0.0, "tune": 0.0, "eval": 0.0}
+        totals = {"discover": 0.0, "tune": 0.0, "frontier": 0.0, "eval": 0.0}
         for timing in self.timings.values():
             totals["discover"] += sum(timing["discover"].values())
             totals["tune"] += sum(timing["tune"].values())
+            totals["frontier"] += timing.get("frontier", 0.0)
             totals["eval"] += timing["eval"]
         return {k: round(v, 2) for k, v in totals.items()}
 
@@ -417,8 +543,9 @@ def run_experiment(model, tokenizer, types: "Sequence[str | InstructionType] | N
     with staged_directory(out, overwrite) as staging:
         for n, itype in enumerate(types, start=1):
             layer = chosen[itype.name]
-            timing: dict[str, Any] = {"discover": {}, "tune": {}, "eval": 0.0}
-            specs: dict[str, SteeringSpec] = {}
+            timing: dict[str, Any] = {"discover": {}, "tune": {}, "frontier": 0.0, "eval": 0.0}
+            bases: dict[str, SteeringSpec] = {}   # what each method's frontier scales
+            specs: dict[str, SteeringSpec] = {}   # each method at its operating point
             for method in methods:
                 _log(progress, f"[{n}/{len(types)}] {itype.name}: {method} at layer {layer}")
                 start = time.perf_counter()
@@ -430,12 +557,23 @@ def run_experiment(model, tokenizer, types: "Sequence[str | InstructionType] | N
                     spec = tune_spec(model, tokenizer, spec, itype, budget, seed=seed, progress=progress,
                                      out_dir=staging / itype.name / f"{method}.tuning")
                     timing["tune"][method] = round(time.perf_counter() - start, 2)
-                spec.save(staging / itype.name / method)
-                specs[method] = spec
+                bases[method], specs[method] = spec, at_operating_point(spec)
+                specs[method].save(staging / itype.name / method)
                 spec_paths.setdefault(itype.name, {})[method] = str(out / itype.name / method)
-            _log(progress, f"[{n}/{len(types)}] {itype.name}: evaluating on held-out prompts")
+            # The baseline tuning has to beat (target c): the plain vector at the experiment's layer.
+            specs[UNTUNED] = untuned_spec(model, tokenizer, itype, layer, budget, seed=seed, progress=False)
+            specs[UNTUNED].save(staging / itype.name / UNTUNED)
+            spec_paths[itype.name][UNTUNED] = str(out / itype.name / UNTUNED)
+            _log(progress, f"[{n}/{len(types)}] {itype.name}: frontiers and evaluation on held-out prompts")
+            start = time.perf_counter()
+            frontiers = held_out_frontiers(model, tokenizer, bases, itype, budget)
+            timing["frontier"] = round(time.perf_counter() - start, 2)
             start = time.perf_counter()
             evaluations[itype.name] = evaluate(model, tokenizer, specs, itype, budget, progress=progress)
+            evaluations[itype.name]["frontiers"] = {m: f.to_json() for m, f in frontiers.items()}
+            evaluations[itype.name]["operating_points"] = {
+                m: {k: v for k, v in bases[m].metadata["operating_point"].items() if k != "train_frontiers"}
+                for m in methods}
             timing["eval"] = round(time.perf_counter() - start, 2)
             timings[itype.name] = timing
         facts = model_facts(model)
@@ -445,4 +583,5 @@ def run_experiment(model, tokenizer, types: "Sequence[str | InstructionType] | N
                                   {k: facts.get(k) for k in ("name", "hidden_size", "num_hidden_layers")},
                                   sae_info, str(out))
         write_report(result, staging / "results.json", staging / "results.md")
+        result.plot_frontiers(staging / FRONTIER_PLOT)
     return result

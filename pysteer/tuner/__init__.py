@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    ".bo": ("tune", "propose", "initial_design", "round_seed", "AcquisitionOptions", "TuneResult"),
+    ".bo": ("tune", "propose", "initial_design", "round_seed", "AcquisitionOptions", "TuneResult", "SURROGATES",
+            "check_surrogate", "fit_surrogate"),
     ".bounds": ("Box", "SearchSpace", "Coordinate", "search_space", "load_stats", "DEFAULT_BOUNDS", "TunerError",
                 "GroupedSearchSpace", "grouped_search_space"),
     ".outcomes": ("Goal", "Constraint", "pareto_mask"),
@@ -35,7 +36,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
 })
 
 if TYPE_CHECKING:
-    from .bo import AcquisitionOptions, TuneResult, initial_design, propose, round_seed, tune
+    from .bo import (SURROGATES, AcquisitionOptions, TuneResult, check_surrogate, fit_surrogate, initial_design,
+                     propose, round_seed, tune)
     from .bounds import (DEFAULT_BOUNDS, Box, Coordinate, GroupedSearchSpace, SearchSpace, TunerError,
                          grouped_search_space, load_stats, search_space)
     from .outcomes import Constraint, Goal, pareto_mask

@@ -24,15 +24,31 @@ independent GP with its own hyperparameters per outcome, each standardised):
 and the result is the best *feasible* record (and, with several objectives, the
 feasible Pareto set), see :mod:`pysteer.tuner.outcomes`.
 
+Surrogates (``tune(..., surrogate=)``, ``pysteer tune --gp``):
+
+    "gp"       SingleTaskGP, hyperparameters by maximum marginal likelihood (the default)
+    "saasbo"   SaasFullyBayesianSingleTaskGP (Eriksson & Jankowiak 2021): a half-Cauchy
+               prior shrinks every inverse lengthscale towards 0, so only the coordinates
+               the data single out matter; its hyperparameters are sampled by NUTS
+               (``fit_fully_bayesian_model_nuts``; sizes in :class:`AcquisitionOptions`)
+               and the acquisition averages over the retained samples. Several outcomes
+               (a Goal with bounds or objectives): one SAAS GP per outcome in a ModelListGP,
+               each fitted by its own NUTS chain. For many coordinates (d ≈ 30) of which few
+               matter; each round costs seconds of NUTS (JAX compiles the chain anew for
+               every data size) instead of a fraction of a second.
+
 Reproducible: round r's randomness (Sobol scrambling, QMC base samples, the
-acquisition optimiser's starting points) is seeded by (seed, r) alone and its GP is
-fitted to the history as stored in JSON, so an interrupted run that is resumed
-proposes exactly what the uninterrupted run would have.
+acquisition optimiser's starting points, the NUTS chains) is seeded by (seed, r) alone
+and its GP is fitted to the history as stored in JSON, so an interrupted run that is
+resumed proposes exactly what the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
+import inspect
+import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -50,19 +66,84 @@ HISTORY_FILE, BEST_SPEC_DIR, PLOT_FILE = "history.json", "best_spec", "reward.pn
 PARETO_FILE, PARETO_DIR = "pareto.json", "pareto"
 
 Objective = Callable[[torch.Tensor], Sequence[dict]]
+SURROGATES = ("gp", "saasbo")
+
+
+NUTS_FIELDS = ("nuts_warmup", "nuts_samples", "nuts_thinning", "nuts_max_tree_depth")
 
 
 @dataclass
 class AcquisitionOptions:
-    """How hard ``optimize_acqf`` works per round (defaults fit d ≈ 30, q ≈ 8 on a CPU)."""
+    """How hard ``optimize_acqf`` works per round (defaults fit d ≈ 30, q ≈ 8 on a CPU) and,
+    for ``surrogate="saasbo"``, how long each NUTS chain runs.
+
+    The NUTS defaults are a CPU's: 256 warm-up and 128 further steps thinned by 16 leave 8
+    hyperparameter samples per outcome (BoTorch's own: 512 / 256 / 16, 16 samples, and
+    every kept sample multiplies the acquisition's cost). At the tuner's data sizes (tens of
+    points) a fit's time is mostly JAX compiling the chain, not its steps: a whole constrained
+    run on a 30-d problem, 32 points (bench/bench_search_spaces.py, a shared 2-core CPU, one
+    thread), took 129 s with 64 / 64 / 8, 140 s with 256 / 128 / 16 and 153 s with 512 / 256 /
+    16, and the smallest chains' posteriors missed the relevant coordinates."""
 
     num_restarts: int = 8
     raw_samples: int = 256
     mc_samples: int = 128  # QMC samples of the joint posterior in qLogNEI
     maxiter: int = 100  # L-BFGS-B iterations per restart
+    nuts_warmup: int = 256  # NUTS burn-in steps (SAASBO only)
+    nuts_samples: int = 128  # NUTS steps after the burn-in; every nuts_thinning-th is kept
+    nuts_thinning: int = 16
+    nuts_max_tree_depth: int = 6  # at most 2^depth − 1 leapfrog steps per NUTS step
 
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or value < 1:
+                raise TunerError(f"AcquisitionOptions.{name} must be a positive int, got {value!r}")
+        if self.nuts_thinning > self.nuts_samples:
+            raise TunerError(f"AcquisitionOptions: nuts_thinning {self.nuts_thinning} keeps no sample of "
+                             f"nuts_samples {self.nuts_samples}; use nuts_thinning <= nuts_samples")
+
+    @property
+    def nuts_kept(self) -> int:
+        """Hyperparameter samples a NUTS chain leaves (the SAAS GP's ensemble size)."""
+        return -(-self.nuts_samples // self.nuts_thinning)
+
+    def to_dict(self, surrogate: str = "gp") -> dict[str, int]:
+        """The options as saved in the history; the NUTS sizes only for SAASBO."""
+        doc = asdict(self)
+        if surrogate != "saasbo":
+            for name in NUTS_FIELDS:
+                del doc[name]
+        return doc
+
+
+def check_surrogate(surrogate: str) -> str:
+    """``surrogate`` if it is a known choice whose packages are installed, else a TunerError.
+
+    SAASBO needs BoTorch's fully Bayesian models: from BoTorch 0.18 on they run NUTS in
+    JAX/NumPyro (``pip install "botorch[fully-bayesian]"``, part of ``pysteer[tune]``);
+    earlier BoTorch runs it in Pyro, which it installs itself."""
+    if surrogate not in SURROGATES:
+        raise TunerError(f"surrogate must be one of {', '.join(SURROGATES)}, got {surrogate!r}")
+    if surrogate == "saasbo":
+        _single_threaded_xla()
+        try:
+            from botorch.models import fully_bayesian
+
+            check = getattr(fully_bayesian, "_check_jax_available", None)
+            if check is not None:
+                check()
+        except ImportError as exc:
+            raise TunerError(f"surrogate 'saasbo' needs BoTorch's fully Bayesian models, which could not be "
+                             f"loaded ({exc}); install them with: pip install \"botorch[fully-bayesian]\"") from None
+    return surrogate
+
+
+def _single_threaded_xla() -> None:
+    """Before JAX first starts: one XLA CPU thread, unless the user set XLA_FLAGS. The NUTS
+    chains' matrices are a few dozen wide, so (as for the GP's BLAS below) thread hand-offs
+    cost more than they save, and on a shared CPU they slow the chain down."""
+    if "jax" not in sys.modules and "XLA_FLAGS" not in os.environ:
+        os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 @dataclass
@@ -115,18 +196,17 @@ def initial_design(box: Box, n: int, seed: int, initial: Optional[torch.Tensor] 
 
 
 def propose(history: History, q: int, round_index: int,
-            options: Optional[AcquisitionOptions] = None) -> torch.Tensor:
+            options: Optional[AcquisitionOptions] = None, surrogate: Optional[str] = None) -> torch.Tensor:
     """q candidates [q, d] (box units) from a GP fitted to ``history`` and qLogNEI (or, for a
-    history with a non-default goal, the goal's acquisition: see the module docstring)."""
+    history with a non-default goal, the goal's acquisition: see the module docstring).
+
+    ``surrogate``: "gp" or "saasbo" (default: the one the history's settings record, else "gp")."""
     from botorch.acquisition.logei import qLogNoisyExpectedImprovement
-    from botorch.fit import fit_gpytorch_mll
-    from botorch.models import SingleTaskGP
-    from botorch.models.transforms.outcome import Standardize
     from botorch.optim import optimize_acqf
     from botorch.sampling.normal import SobolQMCNormalSampler
-    from gpytorch.mlls import ExactMarginalLogLikelihood
 
     options = options or AcquisitionOptions()
+    surrogate = check_surrogate(surrogate or history.settings.get("surrogate", "gp"))
     box = history.box
     if not history.records:
         raise TunerError("propose needs at least one evaluated candidate")
@@ -149,8 +229,7 @@ def propose(history: History, q: int, round_index: int,
             torch.manual_seed(seed)
             # Constant or few rewards make BoTorch warn about data and fitting; the GP is still usable.
             warnings.filterwarnings("ignore", module=r"botorch|gpytorch|linear_operator")
-            gp = SingleTaskGP(X, Y, outcome_transform=Standardize(m=Y.shape[1]))
-            fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
+            gp = fit_surrogate(X, Y, surrogate, options, seed)
             sampler = SobolQMCNormalSampler(sample_shape=torch.Size([options.mc_samples]), seed=seed)
             if goal.is_default:
                 acq = qLogNoisyExpectedImprovement(gp, X_baseline=X, sampler=sampler, prune_baseline=True)
@@ -163,6 +242,41 @@ def propose(history: History, q: int, round_index: int,
     finally:
         torch.set_num_threads(threads)
     return box.unnormalize(U.detach().clamp(0.0, 1.0))
+
+
+def fit_surrogate(X: torch.Tensor, Y: torch.Tensor, surrogate: str, options: AcquisitionOptions,
+                  seed: int) -> Any:
+    """The fitted model of outcomes ``Y`` [n, m] at unit inputs ``X`` [n, d] (see the module
+    docstring): a SingleTaskGP over all m outcomes, or SAAS GPs — one, or m in a ModelListGP,
+    outcome j's NUTS chain seeded by (``seed``, j)."""
+    from botorch.models.transforms.outcome import Standardize
+
+    if surrogate == "gp":
+        from botorch.fit import fit_gpytorch_mll
+        from botorch.models import SingleTaskGP
+        from gpytorch.mlls import ExactMarginalLogLikelihood
+
+        gp = SingleTaskGP(X, Y, outcome_transform=Standardize(m=Y.shape[1]))
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
+        return gp
+    from botorch.fit import fit_fully_bayesian_model_nuts
+    from botorch.models import ModelListGP
+    from botorch.models.fully_bayesian import SaasFullyBayesianSingleTaskGP
+
+    # BoTorch ≥ 0.18 (NumPyro) takes the chain's seed; earlier ones (Pyro) draw from torch's
+    # generator, which the caller has seeded with the round's seed.
+    seeded = "seed" in inspect.signature(fit_fully_bayesian_model_nuts).parameters
+    models = []
+    for j in range(Y.shape[1]):
+        chain_seed = (seed + 7_919 * j) % (2**31 - 1)
+        if not seeded:
+            torch.manual_seed(chain_seed)
+        model = SaasFullyBayesianSingleTaskGP(X, Y[:, j:j + 1], outcome_transform=Standardize(m=1))
+        fit_fully_bayesian_model_nuts(model, warmup_steps=options.nuts_warmup, num_samples=options.nuts_samples,
+                                      thinning=options.nuts_thinning, max_tree_depth=options.nuts_max_tree_depth,
+                                      disable_progbar=True, **({"seed": chain_seed} if seeded else {}))
+        models.append(model)
+    return models[0] if len(models) == 1 else ModelListGP(*models)
 
 
 def _constraint_callables(goal: Goal) -> list[Callable[[torch.Tensor], torch.Tensor]]:
@@ -230,9 +344,11 @@ def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> Optional[Histo
 
 
 def _check_compatible(history: History, box: Box, seed: int, q: int, n_init: int, path: Path,
-                      goal: Optional[Goal] = None) -> None:
+                      goal: Optional[Goal] = None, surrogate: str = "gp") -> None:
+    # A history from before the surrogate was recorded was fitted by the plain GP.
     for name, saved, now in (("seed", history.seed, seed), ("q", history.q, q),
-                             ("n_init", history.n_init, n_init)):
+                             ("n_init", history.n_init, n_init),
+                             ("surrogate", history.settings.get("surrogate", "gp"), surrogate)):
         if saved != now:
             raise TunerError(f"{path}: the saved run used {name}={saved}, this call {name}={now}; "
                              f"use the same settings to resume, or a new output directory")
@@ -337,7 +453,7 @@ def tune(evaluate: Objective, box: Box, out_dir: Union[str, Path], *, rounds: in
          options: Optional[AcquisitionOptions] = None,
          settings: Optional[dict[str, Any]] = None,
          objective: Union[None, str, Sequence[str]] = None, constraints: ConstraintsArg = None,
-         ref_point: Optional[dict[str, float]] = None) -> TuneResult:
+         ref_point: Optional[dict[str, float]] = None, surrogate: str = "gp") -> TuneResult:
     """Maximise ``evaluate`` over ``box`` for ``rounds`` rounds; returns the history and best.
 
     By default the scalar ``"reward"`` is maximised. ``objective`` names another outcome of
@@ -350,6 +466,11 @@ def tune(evaluate: Objective, box: Box, out_dir: Union[str, Path], *, rounds: in
     False, with a warning, when none is; ``best`` is then the least-violating one).
     A multi-objective run also writes ``pareto.json`` and ``pareto/<i>/`` (one spec per
     feasible Pareto record when ``box`` is a :class:`SearchSpace`).
+
+    ``surrogate`` models the outcomes: ``"gp"`` (SingleTaskGP) or ``"saasbo"`` (a fully
+    Bayesian SAAS GP per outcome, NUTS sized by ``options``; for many coordinates of which
+    few matter). It is saved in the history's settings, and a run is resumed only with
+    the surrogate it was started with.
 
     ``evaluate(X)`` takes candidates X [k, d] (float64, box units) and returns k dicts
     with a ``"reward"`` (higher is better) and any metrics. If it has a
@@ -370,18 +491,20 @@ def tune(evaluate: Objective, box: Box, out_dir: Union[str, Path], *, rounds: in
     if n_init < 1:
         raise TunerError(f"n_init must be at least 1, got {n_init}")
     options = options or AcquisitionOptions()
+    surrogate = check_surrogate(surrogate)
     goal = Goal.make(objective, constraints, ref_point)
     out = Path(out_dir)
     history = _prepare_out_dir(out, resume, overwrite)
     if history is None:
         extra = {"space": json_safe(box.describe())} if callable(getattr(box, "describe", None)) else {}
         history = History(int(seed), int(q), n_init, Box(box.lower, box.upper, box.names, box.sources),
-                          settings={"acquisition": options.to_dict(), **json_safe(settings or {}), **extra},
+                          settings={"acquisition": options.to_dict(surrogate), **json_safe(settings or {}), **extra,
+                                    "surrogate": surrogate},
                           goal=goal)
         out.mkdir(parents=True, exist_ok=True)
         history.save(out / HISTORY_FILE)  # claims the directory before the first evaluation
     else:
-        _check_compatible(history, box, int(seed), int(q), n_init, out / HISTORY_FILE, goal)
+        _check_compatible(history, box, int(seed), int(q), n_init, out / HISTORY_FILE, goal, surrogate)
     history.settings["rounds"] = rounds
 
     if callable(getattr(evaluate, "open", None)):
@@ -393,7 +516,7 @@ def tune(evaluate: Objective, box: Box, out_dir: Union[str, Path], *, rounds: in
             if r == 0:
                 X, proposers = initial_design(box, n_init, history.seed, initial)
             else:
-                X, proposers = propose(history, q, r, options), [goal.acquisition] * q
+                X, proposers = propose(history, q, r, options, surrogate), [goal.acquisition] * q
             if hasattr(evaluate, "set_round"):
                 evaluate.set_round(r)
             start = time.perf_counter()

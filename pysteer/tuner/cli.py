@@ -9,6 +9,7 @@
                      the unsteered model's own answers, both scored with the instruction in the prompt)
     pysteer tune ... --multi-objective ifr_loose,-degenerate_rate              (the Pareto set: pareto.json)
     pysteer tune ... --space grouped --groups sign   (one strength per group: supportive, opposing)
+    pysteer tune ... --gp saasbo      (a fully Bayesian SAAS GP: many coefficients, few of which matter)
 
 Rerunning with the same ``--out`` continues the saved run. The result is ``tuned/best_spec``
 (a steering spec: ``pysteer generate --steering tuned/best_spec``), ``tuned/history.json``
@@ -134,7 +135,7 @@ def _check_out(args: argparse.Namespace, space: Any, goal: Any = None) -> None:
     if path.exists():
         if not (args.no_resume or args.overwrite):
             _check_compatible(History.load(path), space, args.seed, args.q,
-                              args.q if args.n_init is None else args.n_init, path, goal)
+                              args.q if args.n_init is None else args.n_init, path, goal, args.gp)
         elif not args.overwrite:
             raise FileExistsError(f"--out {out} holds a run ({HISTORY_FILE}): drop --no-resume to resume it, "
                                   f"or pass --overwrite to start over")
@@ -149,13 +150,14 @@ def _shown(value: Optional[float]) -> str:
 
 def run_tune(args: argparse.Namespace) -> int:
     from ..models import load_model
-    from .bo import AcquisitionOptions, tune
+    from .bo import AcquisitionOptions, check_surrogate, tune
     from .bounds import grouped_search_space, search_space
     from .objective import make_objective
     from .outcomes import Goal
 
     # Everything that can be wrong with the inputs fails here, before the model loads.
     prepare_run(args)
+    check_surrogate(args.gp)
     template = load_spec(args.steering)
     args.instruction = instruction_ids(args.instruction)
     prompts = _load_prompts(args)
@@ -168,7 +170,7 @@ def run_tune(args: argparse.Namespace) -> int:
     check_spec_shape(template, model_shape(args.model))
     print(f"tuning {space.d} {'group strengths' if args.space == 'grouped' else 'coefficients'} of "
           f"{args.steering} on {len(prompts)} prompts ({args.mode}, q={args.q}, {args.rounds} rounds, "
-          f"minibatch {args.minibatch}): {goal.describe()}")
+          f"minibatch {args.minibatch}, {'SAASBO' if args.gp == 'saasbo' else 'GP'}): {goal.describe()}")
 
     model, tokenizer = load_model(args.model, dtype=torch_dtype(args.dtype), device=args.device)
     objective = make_objective(args.mode, model, tokenizer, space, prompts, weights=args.weights,
@@ -182,7 +184,7 @@ def run_tune(args: argparse.Namespace) -> int:
                   n_init=args.n_init, initial=initial, resume=not (args.no_resume or args.overwrite),
                   overwrite=args.overwrite, progress=not args.quiet,
                   options=AcquisitionOptions(num_restarts=args.restarts, raw_samples=args.raw_samples),
-                  settings=settings, **goal_kwargs)
+                  settings=settings, surrogate=args.gp, **goal_kwargs)
     best = result.best
     m = best.metrics
     if not result.feasible:
@@ -255,6 +257,10 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     p.add_argument("--no-template-start", action="store_true",
                    help="do not evaluate the template's own coefficients in the first round")
     add_model_arguments(p, dtype=True)
+    p.add_argument("--gp", choices=["gp", "saasbo"], default="gp",
+                   help="the surrogate model: gp, a GP with fitted hyperparameters; saasbo, a fully Bayesian "
+                   "SAAS GP (NUTS; a few seconds more per round) that finds the few coordinates that matter "
+                   "among many")
     p.add_argument("--restarts", type=positive_int, default=8, help="acquisition optimiser restarts")
     p.add_argument("--raw-samples", type=positive_int, default=256, help="acquisition optimiser raw samples")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue a run found in --out")

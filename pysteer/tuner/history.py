@@ -65,7 +65,7 @@ class History:
     n_init: int
     box: Box
     records: list[Record] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)  # acquisition options, objective info
+    settings: dict[str, Any] = field(default_factory=dict)  # acquisition options, surrogate, objective info
     goal: Goal = field(default_factory=Goal)
 
     @property
@@ -223,7 +223,8 @@ def plot_history(history: History, path: Path) -> Path:
                 label="best so far" + ("" if history.goal.is_default else " (feasible)"))
         ax.set_xlabel("round")
         ax.set_ylabel("reward" if history.goal.is_default else history.goal.objectives[0])
-        ax.set_title(f"pysteer tune: q={history.q}, seed={history.seed}, d={history.box.d}")
+        saas = ", SAASBO" if history.settings.get("surrogate") == "saasbo" else ""
+        ax.set_title(f"pysteer tune: q={history.q}, seed={history.seed}, d={history.box.d}{saas}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
         if frontier:

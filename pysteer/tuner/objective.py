@@ -187,6 +187,19 @@ class _SteeringObjective:
             out.append((pairs[0], pairs[1]))
         return out
 
+    def reference_result(self) -> dict[str, Any]:
+        """The unsteered model's outcomes on the current minibatch, scored as a candidate's
+        (its ratios are 1 by construction). Needs the minibatch's references: evaluate first."""
+        prompts = self.current_prompts()
+        missing = [str(p.key) for p in prompts if self._reference_key(p) not in self.references]
+        if missing:
+            raise TunerError(f"no reference response yet for prompt(s) {missing}: evaluate a candidate first "
+                             f"(quality_reference=True)")
+        ids = [self.references[self._reference_key(p)] for p in prompts]
+        responses = self.tokenizer.batch_decode([list(r) for r in ids], skip_special_tokens=True)
+        perplexities = [self._pair_perplexity[(t, r)] for t, r in zip(self._texts(prompts), ids)]
+        return self._score(prompts, responses, None, perplexities, (1.0, 1.0))
+
     def _score_pairs(self, pairs: list[tuple[str, tuple[int, ...]]], steering) -> None:
         """Perplexity of each (prompt text, response ids) pair not scored yet, under the
         unsteered model, in one :func:`~pysteer.evaluation.metrics.token_perplexity` call."""

@@ -1,4 +1,4 @@
-"""The results report: 6 instruction types × 3 methods on SmolLM2-135M-Instruct, with the shipped SAE.
+"""The results report: 8 instruction types × 3 methods on SmolLM2-135M-Instruct, with the shipped SAE.
 
 The same pipeline as ``pysteer demo`` (pysteer.experiment.run_experiment), at the
 report's sizes (Budget.report()): per type, difference in means (projection form),
@@ -31,15 +31,19 @@ HERE = Path(__file__).resolve().parent
 TITLE = "Instruction following with steering: SmolLM2-135M-Instruct"
 
 
-def parse_overrides(items: list[str]) -> dict[str, int]:
-    """``["n_heldout=2", ...]`` → {"n_heldout": 2, ...}, names checked against Budget's fields."""
-    fields = {f.name for f in dataclasses.fields(BUDGETS["report"]())}
+def parse_overrides(items: list[str]) -> dict[str, "int | str"]:
+    """``["n_heldout=2", "tune_space=grouped", ...]`` → {"n_heldout": 2, ...}, names checked
+    against Budget's int fields and ``tune_space`` (Budget checks the values)."""
+    budget = BUDGETS["report"]()
+    fields = {f.name for f in dataclasses.fields(budget) if isinstance(getattr(budget, f.name), (int, str))}
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in fields or not value.isdigit():
-            raise SystemExit(f"--set {item!r}: expected NAME=INT with NAME one of {', '.join(sorted(fields))}")
-        out[key] = int(value)
+        is_text = isinstance(getattr(budget, key, None), str)
+        if not sep or key not in fields or not (is_text or value.isdigit()):
+            raise SystemExit(f"--set {item!r}: expected NAME=INT (or tune_space=grouped|full) with NAME one of "
+                             f"{', '.join(sorted(fields))}")
+        out[key] = value if is_text else int(value)
     return out
 
 
@@ -50,7 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--types", nargs="+", choices=TYPE_NAMES, default=list(TYPE_NAMES))
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--budget", choices=sorted(BUDGETS), default="report")
-    ap.add_argument("--set", nargs="+", default=[], metavar="NAME=INT", help="override Budget fields")
+    ap.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE", help="override Budget fields")
     ap.add_argument("--out", default=str(HERE), help="directory for results.json, results.md and specs/")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing specs/ directory")
     ap.add_argument("--seed", type=int, default=0)
@@ -68,12 +72,15 @@ def main(argv=None) -> int:
     result = run_experiment(model, tokenizer, args.types, args.methods, {layer: sae}, budget, out / "specs",
                             layers=layer, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
     doc = write_report(result, out / "results.json", out / "results.md", title=TITLE)
-    for method, verdicts in doc["targets"]["methods"].items():
-        print(f"{method}: (a) {verdicts['a']['status']} ({verdicts['a']['passed']}/{verdicts['a']['evaluated']}), "
-              f"(b) {verdicts['b']['status']} ({verdicts['b']['passed']}/{verdicts['b']['evaluated']})")
+    result.plot_frontiers(out / "frontier.png")
+    for key in "abc":
+        verdict = doc["targets"][key]
+        print(f"({key}) {verdict['status']}: {verdict['passed']} pass "
+              f"({'need ' + str(verdict['need']) if 'need' in verdict else 'of ' + str(verdict['of'])})")
     seconds = result.total_seconds()
     print(f"{time.perf_counter() - start:.0f} s (discover {seconds['discover']:.0f}, tune {seconds['tune']:.0f}, "
-          f"eval {seconds['eval']:.0f}); wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'specs'}")
+          f"frontiers {seconds['frontier']:.0f}, eval {seconds['eval']:.0f}); wrote {out / 'results.json'}, "
+          f"{out / 'results.md'}, {out / 'frontier.png'}, {out / 'specs'}")
     return 0
 
 
