@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cliargs import (SAE_HELP, UsageError, add_command, add_model_arguments, check_layers, check_out_dir,
-                       fraction, load_sae_for, model_shape, nonnegative_float, nonnegative_int, positive_float,
-                       positive_int, prepare_run)
+                       check_spec_shape, fraction, load_sae_for, load_spec, model_shape, nonnegative_float,
+                       nonnegative_int, positive_float, positive_int, prepare_run)
 from .instructions import TYPE_NAMES
 from .names import BUDGET_NAMES, FRONTIER_PLOT, METHODS, SAE_METHODS, SETTINGS, UNSTEERED, UNTUNED
 
@@ -197,8 +197,6 @@ pick it on --split train, not on the held-out prompts you report).
 
 
 def run_frontier(args: argparse.Namespace) -> int:
-    from ..cliargs import check_spec_shape, load_spec
-
     prepare_run(args)
     spec = load_spec(args.steering)
     if spec.n_configs != 1:

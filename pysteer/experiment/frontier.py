@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional, Sequence
 from .errors import ExperimentError
 
 __all__ = ["QualityBounds", "REPORT_BOUNDS", "RATIO_OUTCOMES", "DEFAULT_STRENGTHS", "FrontierPoint", "Frontier",
-           "sweep", "scaled", "operating_point", "plot_frontiers", "format_frontier"]
+           "sweep", "scaled", "best_point", "operating_point", "plot_frontiers", "format_frontier"]
 
 # The two perplexity references (see the module docstring), by the name the CLI uses.
 RATIO_OUTCOMES = {"instructed": "ppl_ratio_instructed", "sent": "ppl_ratio"}
@@ -180,13 +180,20 @@ def sweep(model, tokenizer, spec, prompts: Sequence[Any], strengths: Sequence[fl
                     instruction_in_prompt, int(max_new_tokens), label)
 
 
-def operating_point(frontier: Frontier, bounds: QualityBounds = REPORT_BOUNDS) -> Optional[FrontierPoint]:
-    """The point with the highest IFR (loose) within ``bounds``; ties → the smaller strength
-    (the gentlest edit that does as well). None when no strength is within the bounds."""
-    acceptable = [p for p in frontier.points if bounds.holds(p.outcomes)]
+def best_point(frontiers: Mapping[Any, Frontier], bounds: QualityBounds = REPORT_BOUNDS
+               ) -> tuple[Any, Optional[FrontierPoint]]:
+    """The (key, point) with the highest IFR (loose) within ``bounds`` over several frontiers
+    (e.g. one per layer); ties → the smaller strength (the gentlest edit that does as well),
+    then the earlier frontier. ``(None, None)`` when no point is within the bounds."""
+    acceptable = [(key, p) for key, frontier in frontiers.items() for p in frontier.points if bounds.holds(p.outcomes)]
     if not acceptable:
-        return None
-    return max(acceptable, key=lambda p: (p.outcomes["ifr_loose"], -p.strength))
+        return None, None
+    return max(acceptable, key=lambda item: (item[1].outcomes["ifr_loose"], -item[1].strength))
+
+
+def operating_point(frontier: Frontier, bounds: QualityBounds = REPORT_BOUNDS) -> Optional[FrontierPoint]:
+    """The point of one frontier :func:`best_point` picks; None when none is within ``bounds``."""
+    return best_point({None: frontier}, bounds)[1]
 
 
 # ---------------------------------------------------------------------------- showing it
@@ -234,6 +241,7 @@ def plot_frontiers(frontiers: Mapping[str, Mapping[str, Frontier]], path: "str |
     try:
         for n, name in enumerate(types):
             ax = axes[n // columns][n % columns]
+            base = next(iter(frontiers[name].values())).unsteered.outcomes  # every sweep's unsteered point is the same
             for m, (method, frontier) in enumerate(frontiers[name].items()):
                 color = colors[m % len(colors)]
                 xs = [p.outcomes.get(key) for p in frontier.points]
@@ -246,7 +254,6 @@ def plot_frontiers(frontiers: Mapping[str, Mapping[str, Frontier]], path: "str |
                     ax.scatter([x], [y], s=18, color=color if ok else "none", edgecolors=color, zorder=3)
                     if chosen and chosen.get(name, {}).get(method) == p.strength:
                         ax.scatter([x], [y], s=90, facecolors="none", edgecolors="black", zorder=4)
-                base = frontier.unsteered.outcomes
             ax.scatter([1.0], [base["ifr_loose"]], marker="*", s=80, color="black", zorder=5, label="unsteered")
             ax.axvline(bounds.max_ppl_ratio, color="gray", ls="--", lw=1)
             ax.set_xscale("log")

@@ -49,7 +49,7 @@ from ..spec import SparseIntervention, SteeringSpec, stack_specs
 from .errors import ExperimentError
 from .instructions import InstructionType, get_type, resolve_types
 from .names import BUDGET_NAMES, FRONTIER_PLOT, METHODS, SAE_METHODS, SETTINGS, TUNED_METHODS, UNSTEERED, UNTUNED
-from .frontier import REPORT_BOUNDS, Frontier, FrontierPoint, operating_point, scaled, sweep
+from .frontier import REPORT_BOUNDS, Frontier, best_point, operating_point, scaled, sweep
 from .report import choose_examples, response_score
 
 __all__ = ["METHODS", "SAE_METHODS", "TUNED_METHODS", "SETTINGS", "Budget", "discovery_queries",
@@ -155,18 +155,6 @@ def _record_operating_point(spec: SteeringSpec, strength: Optional[float], feasi
         "train_frontiers": {name: frontier.to_json() for name, frontier in train.items()}}
 
 
-def _choose(frontiers: Mapping[Any, Frontier]) -> tuple[Any, Optional[FrontierPoint]]:
-    """The (key, point) with the highest train IFR within the report's bounds over every
-    frontier (ties → the smaller strength, then the earlier frontier); (None, None) if none."""
-    best: tuple[Any, Optional[FrontierPoint]] = (None, None)
-    for key, frontier in frontiers.items():
-        point = operating_point(frontier, REPORT_BOUNDS)
-        if point is not None and (best[1] is None or (point.outcomes["ifr_loose"], -point.strength)
-                                  > (best[1].outcomes["ifr_loose"], -best[1].strength)):
-            best = (key, point)
-    return best
-
-
 def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
               sae: "SAE | str | None" = None, layer: Optional[int] = None, budget: Budget,
               seed: int = 0, progress: bool = True) -> SteeringSpec:
@@ -195,7 +183,7 @@ def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
                                       n_prompts=budget.n_pairs, **common)
         frontiers = {ell: _train_frontier(model, tokenizer, vectors[ell].spec("add"), itype, budget, f"layer {ell}")
                      for ell in tqdm(candidates, desc="diff-means layers", disable=not progress, unit="layer")}
-        chosen, point = _choose(frontiers)
+        chosen, point = best_point(frontiers, REPORT_BOUNDS)
         chosen = layer if chosen is None else chosen  # nothing within the bounds: the experiment's layer
         spec = vectors[chosen].spec("add")
         _record_operating_point(spec, point.strength if point else min(budget.strengths), point is not None,

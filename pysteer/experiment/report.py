@@ -106,7 +106,6 @@ def targets(result: Any) -> dict[str, Any]:
     types = list(dict.fromkeys(r["type"] for r in rows))
     methods = [m for m in dict.fromkeys(r["method"] for r in rows if r["steered"]) if m != UNTUNED]
     a, b, c = {}, {}, {}
-    eligible_b_left = 0
     for name in types:
         base, instr = index[(name, "no_instruction", UNSTEERED)], index[(name, "instruction", UNSTEERED)]
         alone = {m: _steering_alone(base, index[(name, "no_instruction", m)]) for m in methods}
