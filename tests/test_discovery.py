@@ -421,6 +421,27 @@ def test_cli_parses_and_refuses_existing_out(tmp_path):
         _parser().parse_args(["discover", "saif", "--out", "o"])  # --instruction is required
 
 
+def test_cli_layer_search_scores_layers_on_train_prompts_only(tmp_path, monkeypatch):
+    """The layer a user gets is chosen on train prompts: the held-out ones stay unseen."""
+    dim = sys.modules["pysteer.discovery.diff_in_means"]  # the package exports a function of that name
+    model, tokenizer = tiny_chat_model(0)
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    seen, search = [], dim.layer_search
+
+    def spy(model, tokenizer, instruction, validation, *args, **kwargs):
+        seen.extend(validation)
+        return search(model, tokenizer, instruction, validation, *args, **kwargs)
+
+    monkeypatch.setattr(dim, "layer_search", spy)
+    args = _parser().parse_args(["discover", "diff-means", "--instruction", "lowercase", "--layers", "0", "1",
+                                 "--model", str(tmp_path / "tiny"), "--n-prompts", "2", "--n-validation", "3",
+                                 "--max-new-tokens", "3", "--quiet", "--out", str(tmp_path / "dm")])
+    assert args.run(args) == 0
+    assert len(seen) == 3 and {p.split for p in seen} == {"train"}
+    assert pysteer.SteeringSpec.load(tmp_path / "dm").layers[0] in (0, 1)
+
+
 # ------------------------------------------------------------------ SmolLM2 end to end
 def _changes_output(model, tokenizer, spec, prompt="Describe the sea.") -> tuple[str, str]:
     batch = encode_prompts(tokenizer, [prompt])

@@ -18,6 +18,7 @@ from pysteer.evaluation.metrics import perplexity_ratio
 from pysteer.experiment import (INSTRUCTION_TYPES, TYPE_NAMES, Budget, ExperimentError, discovery_queries,
                                 evaluate, run_experiment, stack_specs, targets, write_report)
 from pysteer.experiment import pipeline
+from pysteer.experiment.frontier import Frontier, operating_point
 from pysteer.experiment.names import UNTUNED
 from pysteer.sae import random_sae
 
@@ -222,7 +223,11 @@ def test_run_experiment_writes_specs_that_load_back(chat, tmp_path):
     assert dm.interventions[0].edits[0].name == "ADD"
     # its coefficient is the operating strength (chosen on the train frontier) times ‖v‖
     point = dm.metadata["operating_point"]
-    assert point["strength"] in TOY.strengths and set(point["train_frontiers"]) == {str(dm.layers[0])}
+    assert set(point["train_frontiers"]) == {str(dm.layers[0])}
+    train = Frontier.from_json(point["train_frontiers"][str(dm.layers[0])])
+    assert train.max_new_tokens == TOY.eval_max_new_tokens and len(train.prompt_keys) == TOY.validation
+    chosen = operating_point(train)                    # beats the unsteered model, or no steering at all
+    assert point["strength"] == (0.0 if chosen is None else chosen.strength) and point["steers"] == (chosen is not None)
     assert dm.interventions[0].coefficients.item() == pytest.approx(point["strength"] * dm.metadata["norm"], rel=1e-5)
     untuned = loaded[UNTUNED]
     assert untuned.interventions[0].edits[0].name == "PROJECT" and untuned.layers == dm.layers
@@ -235,9 +240,12 @@ def test_run_experiment_writes_specs_that_load_back(chat, tmp_path):
     assert history["records"][0]["proposer"] == "template"
     assert len(history["records"][0]["candidate"]) == 2          # the grouped space: supportive, opposing
     assert history["goal"]["objectives"] == ["ifr_loose"]
-    # the tuner's best (feasible, else least violating) candidate is what was saved and evaluated
+    # the tuner's best (feasible, else least violating) candidate, at the strength its train
+    # frontier chose, is what was saved and evaluated
     best = SteeringSpec.load(out / "lowercase" / "concise.tuning" / "best_spec")
-    assert torch.equal(tuned.interventions[0].coefficients, best.interventions[0].coefficients)
+    strength = tuned.metadata["operating_point"]["strength"]
+    assert set(tuned.metadata["operating_point"]["train_frontiers"]) == {"concise"}
+    assert torch.allclose(tuned.interventions[0].coefficients, strength * best.interventions[0].coefficients)
     assert set(result.timings["lowercase"]["discover"]) == set(result.methods)
     assert result.timings["lowercase"]["tune"].keys() == {"concise"} and result.timings["lowercase"]["eval"] > 0
 

@@ -15,7 +15,7 @@ from pysteer import DenseIntervention, SteeringSpec
 from pysteer.cli import main
 from pysteer.evaluation import builtin_prompts, generate_responses, score_responses
 from pysteer.experiment import ExperimentError
-from pysteer.experiment.frontier import (Frontier, FrontierPoint, QualityBounds, operating_point, scaled,
+from pysteer.experiment.frontier import (Frontier, FrontierPoint, QualityBounds, best_point, operating_point, scaled,
                                          sweep)
 
 LOWERCASE = "change_case:english_lowercase"
@@ -98,6 +98,17 @@ def test_operating_point_is_the_best_point_within_the_bounds():
     # the sent-prompt reference is 3x here: nothing is within 1.5
     assert operating_point(frontier, QualityBounds(reference="sent")) is None
     assert QualityBounds().constraints() == {"degenerate_rate": ("<=", 0.1), "ppl_ratio_instructed": ("<=", 1.5)}
+    # the degenerate limit is the looser of the bound and the unsteered model's own rate
+    loops = _point(None, 0.1, degenerate=0.15)
+    assert bounds.failures(frontier.points[4].outcomes, loops.outcomes) == ["degenerate"]   # 0.2 > 0.15
+    assert bounds.holds(_point(1.0, 0.3, degenerate=0.15).outcomes, loops.outcomes)
+    assert not bounds.holds(_point(1.0, 0.3, degenerate=0.15).outcomes)
+    assert operating_point(Frontier([_point(1.0, 0.3, degenerate=0.15)], loops, [], False, 8), bounds).strength == 1.0
+    # a point within the bounds that does not beat the unsteered model is no operating point
+    assert operating_point(Frontier(frontier.points, _point(None, 0.6), [], False, 8), bounds) is None
+    assert operating_point(Frontier(frontier.points, _point(None, 0.5), [], False, 8), bounds).strength == 1.0
+    assert best_point({12: Frontier([_point(1.0, 0.5)], _point(None, 0.6), [], False, 8),
+                       15: Frontier([_point(2.0, 0.4)], _point(None, 0.2), [], False, 8)}, bounds)[0] == 15
     with pytest.raises(ExperimentError, match="reference"):
         QualityBounds(reference="model")
     with pytest.raises(ExperimentError, match="max_ppl_ratio"):
@@ -118,7 +129,9 @@ def test_frontier_cli_writes_json_and_plot(chat, tmp_path, capsys):
     assert [p["strength"] for p in doc["points"]] == [0.0, 2.0] and len(doc["prompt_keys"]) == 2
     assert doc["split"] == "heldout" and doc["bounds"]["ratio_outcome"] == "ppl_ratio_instructed"
     assert len(doc["points"][1]["responses"]) == 2 and (out / "frontier.png").stat().st_size > 0
-    assert "best within the bounds" in printed
+    assert "operating point (the best within the bounds that beats the unsteered model)" in printed
+    best = operating_point(Frontier.from_json(doc))
+    assert doc["operating_point"] == (None if best is None else best.strength)
     # what a user saved is not replaced without --overwrite; a bad strength fails before the model loads
     assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -60,7 +60,8 @@ def run_diff_means(args: argparse.Namespace) -> int:
     check_layers(model_shape(args.model), layers, "--layers" if args.layers else "--layer")
     if len(layers) > 1:
         from ..evaluation import builtin_prompts
-        validation = builtin_prompts("heldout", validation_ids)[:args.n_validation]  # checks the ids
+        # train prompts: the held-out ones stay unseen for the evaluation that follows
+        validation = builtin_prompts("train", validation_ids)[:args.n_validation]  # checks the ids
     model, tokenizer = _load(args)
     common = dict(n_prompts=args.n_prompts, batch_size=args.batch_size, progress=not args.quiet,
                   seed=args.seed)
@@ -163,7 +164,8 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     dm.add_argument("--scales", type=positive_float, nargs="+", default=None,
                     help="layer search: also try these multiples of each layer's coefficient "
                          "(e.g. 0.5 1 2 4), one batched generation per layer")
-    dm.add_argument("--n-validation", type=positive_int, default=10, help="layer search: validation prompts")
+    dm.add_argument("--n-validation", type=positive_int, default=10,
+                    help="layer search: how many built-in train prompts to score layers on")
     dm.add_argument("--max-degenerate", type=fraction, default=0.2,
                     help="layer search: the largest degenerate rate a layer may have")
     dm.set_defaults(run=run_diff_means)

@@ -74,7 +74,7 @@ def format_frontiers(result: "ExperimentResult") -> str:
             chosen = points[method]["strength"]
             cells = []
             for point in frontier["points"]:
-                ok = REPORT_BOUNDS.holds(point)
+                ok = REPORT_BOUNDS.holds(point, frontier["unsteered"])
                 ratio = point.get(key)
                 text = (f"{point['strength']:g}: {point['ifr_loose']:.2f}/{point['degenerate_rate']:.2f}/"
                         f"{'n/a' if ratio is None else f'{ratio:.2f}'}{'*' if ok else ''}")
@@ -84,8 +84,9 @@ def format_frontiers(result: "ExperimentResult") -> str:
             steered = evaluation["settings"]["no_instruction"][method]
             point = points[method]
             within = REPORT_BOUNDS.holds(steered)
-            lines.append(f"  operating point {method}: strength {point['strength']:g} "
-                         f"({'within' if point['feasible'] else 'outside'} the bounds on train), held-out IFR "
+            which = f"strength {point['strength']:g}" if point.get("steers", True) else \
+                "none (no strength beat the unsteered model on train)"
+            lines.append(f"  operating point {method}: {which}, held-out IFR "
                          f"{base['ifr_loose']:.2f} -> {steered['ifr_loose']:.2f} "
                          f"({'within' if within else 'outside'} the bounds held out: degenerate "
                          f"{steered['degenerate_rate']:.2f}, {key} "
@@ -191,8 +192,8 @@ built-in prompts (--split) in one generation, row (s, prompt) steered by configu
 Per strength: IFR (loose, strict), degenerate rate, and the perplexity ratios to the
 unsteered model's own responses, under the prompt with the instruction (ppl/instr) and the
 prompt sent (ppl/sent). --out receives frontier.json and frontier.png; the table marks the
-points within the bounds and the best of them (the operating point such a sweep would pick —
-pick it on --split train, not on the held-out prompts you report).
+points within the bounds and the operating point: the best of them that beats the unsteered
+model, or none (do not steer) — pick it on --split train, not on the held-out prompts you report.
 """
 
 
@@ -223,16 +224,17 @@ def run_frontier(args: argparse.Namespace) -> int:
     with staged_directory(out, args.overwrite) as staging:
         write_json_atomic(staging / "frontier.json",
                           {"type": itype.name, "split": args.split, "steering": str(args.steering),
-                           "bounds": bounds.to_json(), "best_within_bounds": None if best is None else best.strength,
+                           "bounds": bounds.to_json(), "operating_point": None if best is None else best.strength,
                            **frontier.to_json(responses=True)}, ensure_ascii=False)
         plot_frontiers({itype.name: {"spec": frontier}}, staging / FRONTIER_PLOT, bounds,
                        {itype.name: {"spec": best.strength}} if best else None,
                        title=f"{itype.name}, {len(prompts)} {args.split} prompts, "
                              f"{'with' if args.instruction else 'without'} the instruction")
     print(f"{itype.name}: {len(prompts)} {args.split} prompts {'with' if args.instruction else 'without'} the "
-          f"instruction, {args.max_new_tokens} new tokens; * within the bounds, > the best of them")
+          f"instruction, {args.max_new_tokens} new tokens; * within the bounds, > the operating point")
     print(format_frontier(frontier, bounds, None if best is None else best.strength))
-    print(f"best within the bounds: {'none' if best is None else f'strength {best.strength:g}'}; "
+    print(f"operating point (the best within the bounds that beats the unsteered model): "
+          f"{'none, do not steer' if best is None else f'strength {best.strength:g}'}; "
           f"written: {out / 'frontier.json'}, {out / FRONTIER_PLOT}")
     return 0
 

@@ -16,8 +16,9 @@ prompt. The unsteered model itself is the point ``unsteered`` (its reference res
 scored as a candidate's; both ratios 1 by construction).
 
 :class:`QualityBounds` says which points are acceptable (degenerate rate and one of the
-two ratios); :func:`operating_point` is the strength with the highest IFR among them.
-Operating points are chosen on *train* prompts; a held-out frontier is only reported.
+two ratios); :func:`operating_point` is the strength with the highest IFR among them that
+beats the unsteered model, or none (do not steer). Operating points are chosen on *train*
+prompts; a held-out frontier is only reported.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ _POINT_KEYS = ("ifr_loose", "ifr_strict", "rr", "oq", "degenerate_rate", "ppl_ra
 class QualityBounds:
     """A point is acceptable when its degenerate rate ≤ ``max_degenerate`` and its
     perplexity ratio (``reference``: "instructed" or "sent") ≤ ``max_ppl_ratio``.
-    A point without a ratio (every response empty) is not acceptable."""
+    A point without a ratio (every response empty) is not acceptable. Given the
+    ``unsteered`` model's outcomes on the same prompts, the degenerate limit is the looser
+    of ``max_degenerate`` and the model's own rate: steering is not blamed for loops the
+    model writes unsteered (the ratio is relative to the model by construction)."""
 
     max_degenerate: float = 0.10
     max_ppl_ratio: float = 1.5
@@ -61,18 +65,22 @@ class QualityBounds:
     def ratio_outcome(self) -> str:
         return RATIO_OUTCOMES[self.reference]
 
-    def failures(self, outcomes: Mapping[str, Any]) -> list[str]:
+    def degenerate_limit(self, unsteered: Optional[Mapping[str, Any]] = None) -> float:
+        own = 0.0 if unsteered is None else float(unsteered["degenerate_rate"])
+        return max(float(self.max_degenerate), own)
+
+    def failures(self, outcomes: Mapping[str, Any], unsteered: Optional[Mapping[str, Any]] = None) -> list[str]:
         """The bounds ``outcomes`` misses: "degenerate" and/or "perplexity"."""
         ratio = outcomes.get(self.ratio_outcome)
         failed = []
-        if outcomes["degenerate_rate"] > self.max_degenerate + 1e-9:
+        if outcomes["degenerate_rate"] > self.degenerate_limit(unsteered) + 1e-9:
             failed.append("degenerate")
         if ratio is None or not math.isfinite(ratio) or ratio > self.max_ppl_ratio + 1e-9:
             failed.append("perplexity")
         return failed
 
-    def holds(self, outcomes: Mapping[str, Any]) -> bool:
-        return not self.failures(outcomes)
+    def holds(self, outcomes: Mapping[str, Any], unsteered: Optional[Mapping[str, Any]] = None) -> bool:
+        return not self.failures(outcomes, unsteered)
 
     def constraints(self) -> dict[str, tuple[str, float]]:
         """The same bounds as the tuner's ``constraints=``."""
@@ -182,17 +190,22 @@ def sweep(model, tokenizer, spec, prompts: Sequence[Any], strengths: Sequence[fl
 
 def best_point(frontiers: Mapping[Any, Frontier], bounds: QualityBounds = REPORT_BOUNDS
                ) -> tuple[Any, Optional[FrontierPoint]]:
-    """The (key, point) with the highest IFR (loose) within ``bounds`` over several frontiers
-    (e.g. one per layer); ties → the smaller strength (the gentlest edit that does as well),
-    then the earlier frontier. ``(None, None)`` when no point is within the bounds."""
-    acceptable = [(key, p) for key, frontier in frontiers.items() for p in frontier.points if bounds.holds(p.outcomes)]
+    """The (key, point) with the highest IFR (loose) within ``bounds`` (relative to each
+    frontier's unsteered point, :class:`QualityBounds`) over several frontiers (e.g. one per
+    layer), among the points that beat their frontier's unsteered IFR — steering
+    that does no better than no steering is not worth its quality cost; ties → the smaller
+    strength (the gentlest edit that does as well), then the earlier frontier.
+    ``(None, None)`` when no point qualifies: the operating point is not to steer."""
+    acceptable = [(key, p) for key, frontier in frontiers.items() for p in frontier.points
+                  if bounds.holds(p.outcomes, frontier.unsteered.outcomes)
+                  and p.outcomes["ifr_loose"] > frontier.unsteered.outcomes["ifr_loose"]]
     if not acceptable:
         return None, None
     return max(acceptable, key=lambda item: (item[1].outcomes["ifr_loose"], -item[1].strength))
 
 
 def operating_point(frontier: Frontier, bounds: QualityBounds = REPORT_BOUNDS) -> Optional[FrontierPoint]:
-    """The point of one frontier :func:`best_point` picks; None when none is within ``bounds``."""
+    """The point of one frontier :func:`best_point` picks; None when none qualifies."""
     return best_point({None: frontier}, bounds)[1]
 
 
@@ -204,12 +217,12 @@ def _num(value: Optional[float], digits: int = 2) -> str:
 def format_frontier(frontier: Frontier, bounds: QualityBounds = REPORT_BOUNDS,
                     chosen: Optional[float] = None) -> str:
     """A text table of the sweep: strength, IFR loose/strict, degenerate rate, both ratios;
-    ``*`` marks points within ``bounds``, ``>`` the chosen strength."""
+    ``*`` marks points within ``bounds``, ``>`` the chosen strength (0: the unsteered row)."""
     lines = [f"{'':2s}{'strength':>8s}  {'IFR':>5s} {'strict':>6s}  {'degen':>5s}  {'ppl/instr':>9s} {'ppl/sent':>8s}"]
     for point in [frontier.unsteered] + frontier.points:
         o = point.outcomes
-        mark = (">" if chosen is not None and point.strength == chosen else " ") + \
-               ("*" if point.strength is not None and bounds.holds(o) else " ")
+        mark = (">" if chosen is not None and (point.strength or 0.0) == chosen else " ") + \
+               ("*" if point.strength is not None and bounds.holds(o, frontier.unsteered.outcomes) else " ")
         name = "none" if point.strength is None else f"{point.strength:g}"
         lines.append(f"{mark}{name:>8s}  {_num(o['ifr_loose']):>5s} {_num(o['ifr_strict']):>6s}  "
                      f"{_num(o['degenerate_rate']):>5s}  {_num(o.get('ppl_ratio_instructed')):>9s} "
@@ -250,7 +263,7 @@ def plot_frontiers(frontiers: Mapping[str, Mapping[str, Frontier]], path: "str |
                 ax.plot([x for x, _, _ in shown], [y for _, y, _ in shown], color=color, lw=1, alpha=0.7,
                         label=method)
                 for x, y, p in shown:
-                    ok = p.outcomes["degenerate_rate"] <= bounds.max_degenerate + 1e-9
+                    ok = p.outcomes["degenerate_rate"] <= bounds.degenerate_limit(frontier.unsteered.outcomes) + 1e-9
                     ax.scatter([x], [y], s=18, color=color if ok else "none", edgecolors=color, zorder=3)
                     if chosen and chosen.get(name, {}).get(method) == p.strength:
                         ax.scatter([x], [y], s=90, facecolors="none", edgecolors="black", zorder=4)

@@ -5,13 +5,15 @@ For each instruction type (:mod:`.instructions`) and each method:
 - ``diff-means`` (Stolfo et al.): the difference-in-means vector, added as ``h + s·‖v‖·u``,
   with the layer (among ``Budget.dm_layers``) and the strength s (among
   ``Budget.strengths``) read off the train frontier (:mod:`.frontier`): the highest train
-  IFR within the report's quality bounds (:data:`~.frontier.REPORT_BOUNDS`) — the paper's
-  layer search, with a strength grid;
+  IFR within the report's quality bounds (:data:`~.frontier.REPORT_BOUNDS`) that beats
+  the unsteered model, or no steering (strength 0) when none does — the paper's layer
+  search, with a strength grid;
 - ``saif``: SAIF's top latents with their score-proportional ``add`` weights, at the
   strength its train frontier chooses the same way;
 - ``concise`` (Concise-SAE): 15 supportive + 15 opposing latents, whose coefficients
   are then tuned by the BoTorch tuner on the type's *train* prompts sent *without* the
-  instruction: IFR maximised subject to the same bounds, the best feasible candidate kept;
+  instruction: IFR maximised subject to the same bounds, the best feasible candidate kept,
+  at the strength its train frontier chooses the same way;
 - ``untuned-dm`` (:data:`~.names.UNTUNED`): the plain vector, projection form at z̄ at
   the experiment's layer, evaluated as the baseline tuning has to beat.
 
@@ -49,7 +51,7 @@ from ..spec import SparseIntervention, SteeringSpec, stack_specs
 from .errors import ExperimentError
 from .instructions import InstructionType, get_type, resolve_types
 from .names import BUDGET_NAMES, FRONTIER_PLOT, METHODS, SAE_METHODS, SETTINGS, TUNED_METHODS, UNSTEERED, UNTUNED
-from .frontier import REPORT_BOUNDS, Frontier, best_point, operating_point, scaled, sweep
+from .frontier import REPORT_BOUNDS, Frontier, best_point, scaled, sweep
 from .report import choose_examples, response_score
 
 __all__ = ["METHODS", "SAE_METHODS", "TUNED_METHODS", "SETTINGS", "Budget", "discovery_queries",
@@ -78,9 +80,11 @@ class Budget:
     eval_max_new_tokens: int = 64
     n_heldout: int = 10            # held-out prompts per type (the built-in set has 10)
     batch_size: int = 32
-    # Strengths s swept: diff-means adds s·‖v_ℓ‖·u, SAIF s × its weights, and every held-out
-    # frontier scales the method's spec by s. DM and SAIF choose theirs on ``validation`` train
-    # prompts; diff-means also its layer among ``dm_layers`` (empty: the experiment's layer only).
+    # Strengths s swept: diff-means adds s·‖v_ℓ‖·u, SAIF s × its weights, Concise-SAE s × its
+    # tuned coefficients, and every held-out frontier scales the method's spec by s. Each method
+    # chooses its s on ``validation`` train prompts answered at ``eval_max_new_tokens``
+    # (none beating the unsteered model: s = 0); diff-means also its layer among ``dm_layers``
+    # (empty: the experiment's layer only).
     strengths: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
     validation: int = 8
     dm_layers: tuple[int, ...] = ()
@@ -103,20 +107,23 @@ class Budget:
 
     @classmethod
     def demo(cls) -> "Budget":
-        """Small: ``pysteer demo``'s 2 types × 3 methods in a few minutes on 2 CPU cores."""
+        """Small: ``pysteer demo``'s 2 types × 3 methods in a few minutes on 2 CPU cores. Operating
+        points on 10 train prompts: with fewer, one degenerate answer already breaks the 10 % bound."""
         return cls(n_pairs=6, n_contents=4, pair_max_new_tokens=32, tune_rounds=3, tune_q=4,
                    tune_minibatch=4, tune_max_new_tokens=24, tune_restarts=2, tune_raw_samples=64,
                    eval_max_new_tokens=40, n_heldout=6, batch_size=32, strengths=(0.5, 1.0, 1.5, 2.0),
-                   validation=6)
+                   validation=10)
 
     @classmethod
     def report(cls) -> "Budget":
-        """The results report's sizes: the defaults; diff-means searches three layers around the
-        SAE's (15: reports/smollm2/layer_search.json ranks 15, 12 and 9 best, 18 and 21 worst);
-        Concise-SAE's two group strengths get 6 rounds × q 6 (36 evaluations). Train prompts
-        are answered at 32 tokens; 64 tokens with the full space was tried and did worse held
-        out (reports/smollm2/tried/train-at-eval-length-full-space/)."""
-        return cls(dm_layers=(12, 15, 18), tune_rounds=6, tune_q=6)
+        """The results report's sizes: the defaults; operating points chosen on all 20 train
+        prompts per type (with 8, one degenerate answer was already 12.5 %, over the 10 %
+        bound), at the experiment's layer 15 (reports/smollm2/layer_search.json ranks it best,
+        and the report that also searched 12 and 18 chose 15 for all 8 types); Concise-SAE's
+        two group strengths get 6 rounds × q 6 (36 evaluations), on answers of 32 tokens
+        (64 with the full space was tried and did worse held out:
+        reports/smollm2/tried/train-at-eval-length-full-space/)."""
+        return cls(tune_rounds=6, tune_q=6, validation=20)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,17 +149,24 @@ def _check_method(method: str) -> str:
 def _train_frontier(model, tokenizer, spec: SteeringSpec, itype: InstructionType, budget: Budget,
                     label: str) -> Frontier:
     """``spec`` over ``budget.strengths`` on the type's first ``budget.validation`` train
-    prompts sent without the instruction: what an operating point is chosen from."""
+    prompts sent without the instruction, answered at the evaluation's length (a length
+    instruction read on shorter answers passes them all): what an operating point is chosen from."""
     validation = builtin_prompts("train", [itype.instruction_id])[:budget.validation]
     return sweep(model, tokenizer, spec, validation, budget.strengths, instruction_in_prompt=False,
-                 max_new_tokens=budget.tune_max_new_tokens, label=label)
+                 max_new_tokens=budget.eval_max_new_tokens, label=label)
 
 
-def _record_operating_point(spec: SteeringSpec, strength: Optional[float], feasible: bool, how: str,
-                            train: Mapping[str, Frontier]) -> None:
-    spec.metadata["operating_point"] = {
-        "strength": strength, "feasible": feasible, "chosen_by": how, "bounds": REPORT_BOUNDS.to_json(),
-        "train_frontiers": {name: frontier.to_json() for name, frontier in train.items()}}
+def _choose_operating_point(frontiers: Mapping[Any, Frontier], how: str) -> tuple[Any, dict[str, Any]]:
+    """The train frontiers' best point within the report's bounds (degenerate: the looser of
+    the bound and the unsteered model's own rate on those prompts) that beats the unsteered
+    model (:func:`~.frontier.best_point`), or strength 0 — no steering — when none does:
+    (the chosen frontier's key or None, the ``metadata["operating_point"]`` record)."""
+    key, point = best_point(frontiers, REPORT_BOUNDS)
+    return key, {
+        "strength": 0.0 if point is None else point.strength, "steers": point is not None,
+        "chosen_by": how if point is not None else f"{how}: no strength beat the unsteered model within the bounds",
+        "bounds": REPORT_BOUNDS.to_json(),
+        "train_frontiers": {str(name): frontier.to_json() for name, frontier in frontiers.items()}}
 
 
 def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
@@ -183,11 +197,9 @@ def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
                                       n_prompts=budget.n_pairs, **common)
         frontiers = {ell: _train_frontier(model, tokenizer, vectors[ell].spec("add"), itype, budget, f"layer {ell}")
                      for ell in tqdm(candidates, desc="diff-means layers", disable=not progress, unit="layer")}
-        chosen, point = best_point(frontiers, REPORT_BOUNDS)
-        chosen = layer if chosen is None else chosen  # nothing within the bounds: the experiment's layer
-        spec = vectors[chosen].spec("add")
-        _record_operating_point(spec, point.strength if point else min(budget.strengths), point is not None,
-                                "train frontier (layers x strengths)", {str(k): f for k, f in frontiers.items()})
+        chosen, point = _choose_operating_point(frontiers, "train frontier (layers x strengths)")
+        spec = vectors[layer if chosen is None else chosen].spec("add")  # none chosen: the experiment's layer
+        spec.metadata["operating_point"] = point
     elif method == "saif":
         contents = sample(discovery_queries(), budget.n_contents, seed)
         result = saif(model, tokenizer, sae, itype.instruction_text, variants=itype.variants(),
@@ -195,10 +207,8 @@ def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
         spec = result.spec()
         spec.metadata["strength"] = float(result.weights.sum())
         spec.metadata["discovery"] = {"features": result.table(), "variants": result.variants}
-        frontier = _train_frontier(model, tokenizer, spec, itype, budget, "saif")
-        point = operating_point(frontier, REPORT_BOUNDS)
-        _record_operating_point(spec, point.strength if point else min(budget.strengths), point is not None,
-                                "train frontier (strengths)", {"saif": frontier})
+        _, spec.metadata["operating_point"] = _choose_operating_point(
+            {"saif": _train_frontier(model, tokenizer, spec, itype, budget, "saif")}, "train frontier (strengths)")
     else:
         result = concise(model, tokenizer, sae, itype.instruction_text, itype.keyword,
                          n_pairs=budget.n_pairs, layer=layer, max_new_tokens=budget.pair_max_new_tokens,
@@ -248,8 +258,10 @@ def tune_spec(model, tokenizer, spec: SteeringSpec, itype: "str | InstructionTyp
     model's own responses under the prompt with the instruction) over ``budget.tune_space``
     (box from ``metadata["discovery"]["features"]`` when present), measured by the batched
     objective on the type's train prompts sent without the instruction, the template's own
-    coefficients as the first candidate. The result is the best *feasible* candidate;
-    ``metadata["operating_point"]`` says whether one was (strength 1: the tuned point).
+    coefficients as the first candidate. The result is the best *feasible* candidate, its
+    operating strength chosen on its train frontier as diff-means' and SAIF's are
+    (``metadata["operating_point"]``: 1 is the tuned point, 0 no steering; ``tuner``: the
+    tuner's own reading of it).
     The tuner's files (``history.json``, ``best_spec/``, ``reward.png``) go to ``out_dir``
     (default: a temporary directory, removed afterwards).
     """
@@ -276,12 +288,14 @@ def tune_spec(model, tokenizer, spec: SteeringSpec, itype: "str | InstructionTyp
                       initial=space.vector().unsqueeze(0), progress=progress, options=options,
                       settings=settings, objective="ifr_loose", constraints=REPORT_BOUNDS.constraints())
         tuned = SteeringSpec.load(result.best_spec_path, saes=_saes_of(spec))
-    tuned.metadata["operating_point"] = {"strength": 1.0, "feasible": bool(result.feasible),
-                                         "chosen_by": f"BoTorch qLogNEI under the bounds ({budget.tune_space} space)",
-                                         "bounds": REPORT_BOUNDS.to_json(),
-                                         "train": {k: result.best.metrics.get(k) for k in
-                                                   ("ifr_loose", "degenerate_rate", "ppl_ratio",
-                                                    "ppl_ratio_instructed")}}
+    # The tuner's point is read on minibatches of short answers; its strength (1 = the tuned
+    # coefficients) is chosen as diff-means' and SAIF's are, on the train frontier.
+    _, point = _choose_operating_point({"concise": _train_frontier(model, tokenizer, tuned, itype, budget, "concise")},
+                                       f"BoTorch qLogNEI under the bounds ({budget.tune_space} space), "
+                                       "then its train frontier")
+    reading = {k: result.best.metrics.get(k) for k in ("ifr_loose", "degenerate_rate", "ppl_ratio",
+                                                       "ppl_ratio_instructed")}
+    tuned.metadata["operating_point"] = {**point, "tuner": {"feasible": bool(result.feasible), **reading}}
     return tuned
 
 

@@ -221,8 +221,11 @@ def format_markdown(doc: Mapping[str, Any], title: str = "Instruction following 
              "ppl = mean perplexity of the responses under the unsteered model; ppl/instr and ppl/sent = median "
              "over prompts of the response's perplexity over the unsteered response's, both under the prompt with "
              f"the instruction, resp. the prompt sent. Bounds: {_BOUNDS_TEXT}. Each method is evaluated at its "
-             f"operating point (chosen on train prompts); {UNTUNED} is the plain difference-in-means vector "
-             "(projection at z̄, nothing chosen).", "",
+             f"operating point: the strength with the highest IFR within the bounds (the degenerate limit there "
+             f"being the looser of the bound and the unsteered model's own rate) that beats the unsteered model "
+             f"on {budget['validation']} train prompts without the instruction, answered at "
+             f"{budget['eval_max_new_tokens']} tokens, or strength 0 (no steering) when none does; {UNTUNED} is the "
+             "plain difference-in-means vector (projection at z̄, nothing chosen).", "",
              "## Results", "",
              "| type | setting | method | IFR loose | IFR strict | RR | OQ | degenerate | ppl | ppl/instr | ppl/sent |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -269,8 +272,8 @@ def format_markdown(doc: Mapping[str, Any], title: str = "Instruction following 
         points = evaluation.get("operating_points", {})
         for method, frontier in evaluation.get("frontiers", {}).items():
             point = points.get(method, {})
-            lines += [f"### {name}: {method} (operating strength {point.get('strength')}, "
-                      f"{'within' if point.get('feasible') else 'outside'} the bounds on train; {point.get('chosen_by', '')})",
+            lines += [f"### {name}: {method} (operating strength {point.get('strength')}; "
+                      f"{point.get('chosen_by', '')})",
                       "", "```", format_frontier(Frontier.from_json(frontier), REPORT_BOUNDS, point.get("strength")),
                       "```", ""]
     lines += ["## Example outputs", "",
