@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..cliargs import (SAE_HELP, UsageError, add_command, add_model_arguments, check_layers, check_out_dir,
                        check_spec_shape, fraction, load_sae_for, load_spec, model_shape, nonnegative_float,
                        nonnegative_int, positive_float, positive_int, prepare_run)
+from .frontier import DEFAULT_STRENGTHS
 from .instructions import TYPE_NAMES
 from .names import BUDGET_NAMES, FRONTIER_PLOT, METHODS, SAE_METHODS, SETTINGS, UNSTEERED, UNTUNED
 
@@ -247,7 +248,7 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     f.add_argument("--type", required=True, choices=TYPE_NAMES, help="instruction type: its built-in prompts")
     f.add_argument("--split", choices=["train", "heldout"], default="heldout", help="which built-in prompts")
     f.add_argument("--n-prompts", type=positive_int, default=10, help="at most this many prompts")
-    f.add_argument("--strengths", type=nonnegative_float, nargs="+", default=[0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0],
+    f.add_argument("--strengths", type=nonnegative_float, nargs="+", default=list(DEFAULT_STRENGTHS),
                    help="multipliers of the spec's coefficients")
     f.add_argument("--instruction", action="store_true", help="send the prompts with the instruction")
     f.add_argument("--max-new-tokens", type=positive_int, default=64)
