@@ -16,9 +16,9 @@ from pysteer.discovery.prompts import VARIANTS, instruction_variants
 from pysteer.evaluation import builtin_prompts, generate_responses, response_perplexity, score_responses
 from pysteer.evaluation.metrics import perplexity_ratio
 from pysteer.experiment import (INSTRUCTION_TYPES, TYPE_NAMES, Budget, ExperimentError, discovery_queries,
-                                evaluate, run_experiment, stack_specs, targets, write_report)
+                                evaluate, get_type, run_experiment, stack_specs, targets, write_report)
 from pysteer.experiment import pipeline
-from pysteer.experiment.frontier import Frontier, operating_point
+from pysteer.experiment.frontier import REPORT_BOUNDS, Frontier, operating_point
 from pysteer.experiment.names import UNTUNED
 from pysteer.sae import random_sae
 
@@ -240,6 +240,16 @@ def test_run_experiment_writes_specs_that_load_back(chat, tmp_path):
     assert history["records"][0]["proposer"] == "template"
     assert len(history["records"][0]["candidate"]) == 2          # the grouped space: supportive, opposing
     assert history["goal"]["objectives"] == ["ifr_loose"]
+    # the tuner's degenerate constraint is the chooser's: the looser of the bound and the
+    # unsteered model's own rate on the tuner's prompts, answered at the tuner's length
+    train = builtin_prompts("train", [get_type("lowercase").instruction_id])
+    own = score_responses(train, generate_responses(model, tokenizer, [p.text(False) for p in train],
+                                                    max_new_tokens=TOY.tune_max_new_tokens),
+                          instruction_in_prompt=False).degenerate_rate
+    assert history["settings"]["unsteered_degenerate_rate"] == pytest.approx(own)
+    bounds = {c["outcome"]: c["bound"] for c in history["goal"]["constraints"]}
+    assert bounds == {"degenerate_rate": pytest.approx(max(REPORT_BOUNDS.max_degenerate, own)),
+                      "ppl_ratio_instructed": pytest.approx(REPORT_BOUNDS.max_ppl_ratio)}
     # the tuner's best (feasible, else least violating) candidate, at the strength its train
     # frontier chose, is what was saved and evaluated
     best = SteeringSpec.load(out / "lowercase" / "concise.tuning" / "best_spec")

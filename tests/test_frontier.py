@@ -98,6 +98,9 @@ def test_operating_point_is_the_best_point_within_the_bounds():
     # the sent-prompt reference is 3x here: nothing is within 1.5
     assert operating_point(frontier, QualityBounds(reference="sent")) is None
     assert QualityBounds().constraints() == {"degenerate_rate": ("<=", 0.1), "ppl_ratio_instructed": ("<=", 1.5)}
+    # the tuner's constraints take the same relative degenerate limit as holds()
+    assert QualityBounds().constraints({"degenerate_rate": 0.25})["degenerate_rate"] == ("<=", 0.25)
+    assert QualityBounds().constraints({"degenerate_rate": 0.05})["degenerate_rate"] == ("<=", 0.1)
     # the degenerate limit is the looser of the bound and the unsteered model's own rate
     loops = _point(None, 0.1, degenerate=0.15)
     assert bounds.failures(frontier.points[4].outcomes, loops.outcomes) == ["degenerate"]   # 0.2 > 0.15

@@ -82,9 +82,10 @@ class QualityBounds:
     def holds(self, outcomes: Mapping[str, Any], unsteered: Optional[Mapping[str, Any]] = None) -> bool:
         return not self.failures(outcomes, unsteered)
 
-    def constraints(self) -> dict[str, tuple[str, float]]:
-        """The same bounds as the tuner's ``constraints=``."""
-        return {"degenerate_rate": ("<=", float(self.max_degenerate)),
+    def constraints(self, unsteered: Optional[Mapping[str, Any]] = None) -> dict[str, tuple[str, float]]:
+        """The same bounds as the tuner's ``constraints=``; given the ``unsteered`` model's
+        outcomes on the tuner's prompts, with the same relative degenerate limit as :meth:`holds`."""
+        return {"degenerate_rate": ("<=", self.degenerate_limit(unsteered)),
                 self.ratio_outcome: ("<=", float(self.max_ppl_ratio))}
 
     def to_json(self) -> dict[str, Any]:

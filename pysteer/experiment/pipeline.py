@@ -277,17 +277,21 @@ def tune_spec(model, tokenizer, spec: SteeringSpec, itype: "str | InstructionTyp
     if budget.tune_space == "grouped":
         space = grouped_search_space(space, groups="sign")
     prompts = builtin_prompts("train", [itype.instruction_id])
+    # The degenerate constraint is the chooser's (REPORT_BOUNDS.holds): the looser of the bound
+    # and the unsteered model's own rate, here on the tuner's prompts at the tuner's length.
+    unsteered = _unsteered_outcomes(model, tokenizer, prompts, budget.tune_max_new_tokens, budget.batch_size)
+    constraints = REPORT_BOUNDS.constraints(unsteered)
     objective = BatchedObjective(model, tokenizer, space, prompts, minibatch=budget.tune_minibatch,
                                  max_new_tokens=budget.tune_max_new_tokens, seed=seed,
                                  instruction_in_prompt=False, batch_size=budget.batch_size * budget.tune_q)
     options = AcquisitionOptions(num_restarts=budget.tune_restarts, raw_samples=budget.tune_raw_samples)
     settings = {**objective.describe(), "type": itype.name, "instruction_id": itype.instruction_id,
-                "space": budget.tune_space}
+                "space": budget.tune_space, "unsteered_degenerate_rate": unsteered["degenerate_rate"]}
     with tempfile.TemporaryDirectory(prefix="pysteer-tune-") as scratch:
         directory = Path(out_dir) if out_dir is not None else Path(scratch)
         result = tune(objective, space, directory, rounds=budget.tune_rounds, q=budget.tune_q, seed=seed,
                       initial=space.vector().unsqueeze(0), progress=progress, options=options,
-                      settings=settings, objective="ifr_loose", constraints=REPORT_BOUNDS.constraints())
+                      settings=settings, objective="ifr_loose", constraints=constraints)
         tuned = SteeringSpec.load(result.best_spec_path, saes=_saes_of(spec))
     # The tuner's point is read on minibatches of short answers; its strength (1 = the tuned
     # coefficients) is chosen as diff-means' and SAIF's are, on the train frontier.
@@ -296,8 +300,18 @@ def tune_spec(model, tokenizer, spec: SteeringSpec, itype: "str | InstructionTyp
                                        "then its train frontier")
     reading = {k: result.best.metrics.get(k) for k in ("ifr_loose", "degenerate_rate", "ppl_ratio",
                                                        "ppl_ratio_instructed")}
-    tuned.metadata["operating_point"] = {**point, "tuner": {"feasible": bool(result.feasible), **reading}}
+    tuned.metadata["operating_point"] = {**point, "tuner": {
+        "feasible": bool(result.feasible), **reading, "constraints": {k: list(v) for k, v in constraints.items()},
+        "unsteered_degenerate_rate": unsteered["degenerate_rate"]}}
     return tuned
+
+
+def _unsteered_outcomes(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int) -> dict[str, Any]:
+    """IFR and degenerate rate of the unsteered model on ``prompts`` sent without the instruction."""
+    responses = generate_responses(model, tokenizer, [p.text(False) for p in prompts], batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens)
+    report = score_responses(prompts, responses, instruction_in_prompt=False)
+    return {"ifr_loose": report.ifr_loose, "degenerate_rate": report.degenerate_rate}
 
 
 def discover(method: str, model, tokenizer, itype: "str | InstructionType", *,
