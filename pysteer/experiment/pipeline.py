@@ -307,11 +307,11 @@ def tune_spec(model, tokenizer, spec: SteeringSpec, itype: "str | InstructionTyp
 
 
 def _unsteered_outcomes(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int) -> dict[str, Any]:
-    """IFR and degenerate rate of the unsteered model on ``prompts`` sent without the instruction."""
+    """The unsteered model's degenerate rate on ``prompts`` sent without the instruction, as the
+    outcomes :meth:`~.frontier.QualityBounds.constraints` reads."""
     responses = generate_responses(model, tokenizer, [p.text(False) for p in prompts], batch_size=batch_size,
                                    max_new_tokens=max_new_tokens)
-    report = score_responses(prompts, responses, instruction_in_prompt=False)
-    return {"ifr_loose": report.ifr_loose, "degenerate_rate": report.degenerate_rate}
+    return {"degenerate_rate": score_responses(prompts, responses, instruction_in_prompt=False).degenerate_rate}
 
 
 def discover(method: str, model, tokenizer, itype: "str | InstructionType", *,
