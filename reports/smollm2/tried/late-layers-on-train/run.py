@@ -10,7 +10,7 @@ an operating point, by the report's own rule (:func:`pysteer.experiment.frontier
 on each type's 20 train prompts sent without the instruction, answered at 64 tokens, over
 the report's strengths (``h + s·‖v_ℓ‖·u``):
 
-    python reports/smollm2/tried/late-layers-on-train/run.py     # ~30 min on 2 CPU cores
+    python reports/smollm2/tried/late-layers-on-train/run.py     # ~15 min on 2 CPU cores (861 s)
 
 Writes ``train_frontiers.json`` and ``results.md`` next to this file.
 """
@@ -35,6 +35,19 @@ LAYERS = (18, 21, 24, 27)
 TYPES = ("keyword", "french", "bullets", "json", "lowercase", "uppercase")  # the six that miss (a)
 
 
+def layer_frontiers(model, tokenizer, name: str, layers, strengths, budget: Budget):
+    """Yield (layer, train frontier, operating strength or None, ‖v_ℓ‖) for one type's vectors."""
+    itype = get_type(name)
+    train = builtin_prompts("train", [itype.instruction_id])[:budget.validation]
+    vectors = instruction_vectors(model, tokenizer, itype.instruction_text, list(layers), discovery_queries(),
+                                  n_prompts=budget.n_pairs, batch_size=budget.batch_size, progress=False)
+    for layer in layers:
+        frontier = sweep(model, tokenizer, vectors[layer].spec("add"), train, strengths,
+                         max_new_tokens=budget.eval_max_new_tokens, label=f"layer {layer}")
+        _, point = best_point({layer: frontier}, REPORT_BOUNDS)
+        yield layer, frontier, None if point is None else point.strength, vectors[layer].norm
+
+
 def main() -> int:
     torch.manual_seed(0)
     budget = Budget.report()
@@ -42,21 +55,13 @@ def main() -> int:
     doc, lines = {"bounds": REPORT_BOUNDS.to_json(), "layers": list(LAYERS), "frontiers": {}}, []
     start = time.perf_counter()
     for name in TYPES:
-        itype = get_type(name)
-        train = builtin_prompts("train", [itype.instruction_id])[:budget.validation]
-        vectors = instruction_vectors(model, tokenizer, itype.instruction_text, list(LAYERS), discovery_queries(),
-                                      n_prompts=budget.n_pairs, batch_size=budget.batch_size, progress=False)
-        for layer in LAYERS:
-            frontier = sweep(model, tokenizer, vectors[layer].spec("add"), train, budget.strengths,
-                             max_new_tokens=budget.eval_max_new_tokens, label=f"layer {layer}")
-            _, point = best_point({layer: frontier}, REPORT_BOUNDS)
-            chosen = None if point is None else point.strength
+        for layer, frontier, chosen, norm in layer_frontiers(model, tokenizer, name, LAYERS, budget.strengths, budget):
             doc["frontiers"][f"{name}/layer {layer}"] = {**frontier.to_json(), "operating_strength": chosen,
-                                                          "vector_norm": float(vectors[layer].vector.norm())}
+                                                          "vector_norm": norm}
+            table = format_frontier(frontier, chosen=0.0 if chosen is None else chosen)
             lines += [f"### {name}: layer {layer} (operating point: {'none' if chosen is None else chosen})", "",
-                      "```", format_frontier(frontier, chosen=0.0 if chosen is None else chosen), "```", ""]
-            print(f"{name} layer {layer}: {chosen}  [{time.perf_counter() - start:.0f} s]", flush=True)
-            print(format_frontier(frontier, chosen=0.0 if chosen is None else chosen), flush=True)
+                      "```", table, "```", ""]
+            print(f"{name} layer {layer}: {chosen}  [{time.perf_counter() - start:.0f} s]\n{table}", flush=True)
     doc["seconds"] = round(time.perf_counter() - start, 1)
     (HERE / "train_frontiers.json").write_text(json.dumps(doc, indent=1))
     (HERE / "results.md").write_text("# Diff-means at later layers, on train prompts (20 per type, no instruction, "
