@@ -135,6 +135,32 @@ def test_diff_in_means_recovers_planted_direction(instr_model):
     assert res.model["hidden_size"] == WIDTH
 
 
+def test_answer_vectors_match_the_formula_by_hand(instr_model):
+    """v = mean over pairs of (mean residual over R(a)'s tokens − over a's), each read after its
+    chat-templated question, from a plain forward hook; an answer with no token is left out."""
+    from pysteer.discovery import answer_vectors
+    from pysteer.evaluation.metrics import prompt_token_ids
+
+    model, tokenizer, _ = instr_model
+    questions = ["Describe the sea.", "Tell me about trees.", "Say nothing."]
+    answers = ["The Sea is Blue, and Deep.", "Trees Grow TALL.", "   "]
+    res = answer_vectors(model, tokenizer, questions, answers, str.lower, [PLANT_LAYER], instruction="lower")
+    res = res[PLANT_LAYER]
+
+    def answer_mean(question, answer):
+        prompt = prompt_token_ids(tokenizer, question, True)
+        ids = torch.tensor([prompt + tokenizer(answer, add_special_tokens=False)["input_ids"]])
+        return layer_output(model, {"input_ids": ids}, PLANT_LAYER)[0, len(prompt):].mean(0)
+    v = torch.stack([answer_mean(q, a.lower()) - answer_mean(q, a) for q, a in zip(questions[:2], answers[:2])]).mean(0)
+    assert res.n_pairs == 2 and res.read_out == "answers"
+    assert torch.allclose(res.vector.double(), v, atol=1e-4)
+    assert res.spec("add", 3.0, positions="prompt").metadata["read_out"] == "answers"
+    with pytest.raises(ValueError, match="changes none"):
+        answer_vectors(model, tokenizer, questions[:1], ["already lowercase."], str.lower, [PLANT_LAYER])
+    with pytest.raises(ValueError, match="aligned"):
+        answer_vectors(model, tokenizer, questions, answers[:2], str.lower, [PLANT_LAYER])
+
+
 def test_projection_form_matches_paper_formula(instr_model):
     """z̄, u from raw hidden states; steered layer output equals h + (z̄ − h·u)·u."""
     model, tokenizer, _ = instr_model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -20,6 +21,7 @@ from pysteer.experiment import (INSTRUCTION_TYPES, TYPE_NAMES, Budget, Experimen
 from pysteer.experiment import pipeline
 from pysteer.experiment.frontier import REPORT_BOUNDS, Frontier, operating_point
 from pysteer.experiment.names import UNTUNED
+from pysteer.experiment.report import format_markdown
 from pysteer.sae import random_sae
 
 TOY = Budget(n_pairs=2, n_contents=2, pair_max_new_tokens=6, tune_rounds=2, tune_q=2, tune_minibatch=2,
@@ -275,6 +277,20 @@ def test_run_experiment_writes_specs_that_load_back(chat, tmp_path):
     with pytest.raises(ExperimentError, match="no SAE at layer"):
         run_experiment(model, tokenizer, ["lowercase"], ["saif"], sae, TOY, tmp_path / "x", layers=0, progress=False)
 
+    # back from JSON, and carried over into a run of another type
+    back = pipeline.ExperimentResult.from_json(doc)
+    assert back.to_json()["rows"] == doc["rows"] and back.to_json()["targets"] == doc["targets"]
+    later = dataclasses.replace(back, types=[get_type("no_comma")], evaluations={"no_comma": back.evaluations["lowercase"]},
+                                spec_paths={"no_comma": {}}, timings={"no_comma": back.timings["lowercase"]},
+                                layers={"no_comma": back.layers["lowercase"]})
+    merged = later.carry_over(back, "earlier/results.json")
+    assert [t.name for t in merged.types] == ["lowercase", "no_comma"]
+    assert merged.carried == {"lowercase": "earlier/results.json"}
+    assert merged.evaluations["lowercase"] is back.evaluations["lowercase"]
+    assert "Carried over unchanged from an earlier run: lowercase" in format_markdown(merged.to_json())
+    with pytest.raises(ExperimentError, match="seed"):
+        dataclasses.replace(later, seed=1).carry_over(back, "earlier/results.json")
+
     # write_report: JSON without the responses, markdown with the examples side by side
     written = write_report(result, tmp_path / "r" / "results.json", tmp_path / "r" / "results.md", responses=False)
     cell = written["evaluations"]["lowercase"]["settings"]["no_instruction"]["saif"]
@@ -283,6 +299,38 @@ def test_run_experiment_writes_specs_that_load_back(chat, tmp_path):
     table = (tmp_path / "r" / "results.md").read_text()
     header = f"| case | prompt | unsteered | diff-means | saif | concise | {UNTUNED} |"
     assert table.count(header) == 2 and "Describe the sun." in table
+
+
+def test_diff_means_chooses_between_the_prompt_and_the_answer_read_out(chat):
+    """With ``answer_layers`` a type with a rewrite rule gets a second candidate, the vector
+    read from answers on the prompt's positions at c = the prompt read-out's ‖v_ℓ‖; its train
+    frontier is recorded beside the prompt read-out's, and the spec is the chosen one's."""
+    model, tokenizer = chat
+    budget = dataclasses.replace(TOY, answer_layers=(STEERED_LAYER,), strengths=(0.5, 8.0))
+    spec = pipeline.find_spec("diff-means", model, tokenizer, "lowercase", layer=STEERED_LAYER, budget=budget,
+                              progress=False)
+    point = spec.metadata["operating_point"]
+    key = f"answers, layer {STEERED_LAYER}"
+    assert set(point["train_frontiers"]) == {str(STEERED_LAYER), key}
+    assert Frontier.from_json(point["train_frontiers"][key]).label == key
+    prompt_norm = spec.metadata["unit"]["prompt_read_out_norm"] if "unit" in spec.metadata else spec.metadata["norm"]
+    assert spec.interventions[0].coefficients.item() == pytest.approx(prompt_norm, rel=1e-5)
+    answers = pipeline._answer_specs(model, tokenizer, get_type("lowercase"), [STEERED_LAYER],
+                                     pipeline.instruction_vectors(model, tokenizer, get_type("lowercase").instruction_text,
+                                                                  [STEERED_LAYER], discovery_queries(),
+                                                                  n_prompts=budget.n_pairs, progress=False),
+                                     budget)[key]
+    assert answers.positions == "prompt" and answers.metadata["read_out"] == "answers"
+    assert answers.interventions[0].coefficients.item() == pytest.approx(
+        answers.metadata["unit"]["prompt_read_out_norm"], rel=1e-5)
+    chosen_answers = spec.metadata["read_out"] == "answers"
+    assert spec.positions == ("prompt" if chosen_answers else "all")
+    if chosen_answers:
+        assert torch.allclose(spec.interventions[0].directions, answers.interventions[0].directions)
+    # a type without a rule gets the prompt read-out only
+    json_spec = pipeline.find_spec("diff-means", model, tokenizer, "json", layer=STEERED_LAYER, budget=budget,
+                                   progress=False)
+    assert set(json_spec.metadata["operating_point"]["train_frontiers"]) == {str(STEERED_LAYER)}
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -1,5 +1,6 @@
 """The content types the report adds to its six formats: a response language (``french``)
-and a keyword to include (``keyword``) — their checkers, prompts, resolving and a tiny run."""
+and a keyword to include (``keyword``) — their checkers, prompts, resolving and a tiny run;
+and the rewrite rules of the types that have one."""
 
 from __future__ import annotations
 
@@ -109,3 +110,20 @@ def test_demo_runs_the_new_types_on_a_tiny_model(tmp_path, capsys, monkeypatch):
         assert f"\n{name:<8} saif " in printed and f"[{name}] best case, with the instruction" in printed
         pysteer.SteeringSpec.load(tmp_path / "out" / name / "saif")
     assert (tmp_path / "out" / "results.json").is_file()
+
+
+def test_rewrite_rules_make_an_answer_pass_its_checker_and_keep_its_words():
+    answer = "The Sun, a star, is Bright. It gives us light, and warmth."
+    ruled = {t.name: t.rewrite for t in pysteer.experiment.INSTRUCTION_TYPES if t.rewrite}
+    assert ruled == {"lowercase": "lower", "uppercase": "upper", "no_comma": "drop_commas"}
+    for name in ruled:
+        itype = get_type(name)
+        kwargs = builtin_prompts("train", [itype.instruction_id])[0].kwargs[0]
+        rewritten = itype.rewrite_answer(answer)
+        assert not check_instruction(itype.instruction_id, kwargs, answer, loose=False)
+        assert check_instruction(itype.instruction_id, kwargs, rewritten, loose=False)
+        assert rewritten.lower().replace(",", "").split() == answer.lower().replace(",", "").split()
+    with pytest.raises(pysteer.experiment.ExperimentError, match="no rewrite rule"):
+        get_type("json").rewrite_answer(answer)
+    with pytest.raises(pysteer.experiment.ExperimentError, match="unknown rewrite"):
+        pysteer.experiment.InstructionType("x", "punctuation:no_comma", "No commas.", None, "Commas", "shout")

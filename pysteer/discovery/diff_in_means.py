@@ -14,6 +14,17 @@ and steer every position h [D] at layer ℓ with either
     project:  h' = h + (z̄_ℓ − h·u_ℓ)·u_ℓ    (sets the component along u_ℓ to its mean
                                              value on prompts that carry the instruction)
 
+The same v can be read from *answers* instead of prompts (:func:`answer_vectors`): for
+answers a_p to questions q_p and a rule R that makes any answer comply while keeping its
+words (``str.lower`` for "use only lowercase letters"), x̄_ℓ(a | q) [D] the residual after
+layer ℓ averaged over the tokens of a, read after the chat-templated q::
+
+    v_ℓ = mean_p (x̄_ℓ(R(a_p) | q_p) − x̄_ℓ(a_p | q_p))
+
+— what changes in the residual while the model reads an answer that complies instead of its
+own. It reaches instructions the model cannot follow when told (its own instructed answers
+then do not comply, so no pair of prompts or texts it writes carries the difference).
+
 :func:`layer_search` picks ℓ among candidate layers (from n_layers // 5 upward) by
 instruction-following accuracy on validation prompts, disqualifying layers whose
 outputs degenerate; with ``scales`` it also picks the coefficient per layer (multiples
@@ -35,10 +46,12 @@ from tqdm.auto import tqdm
 from ..errors import SteeringSpecError
 from ..patching import decoder_layers, model_facts
 from ..spec import DenseIntervention, SteeringSpec
+from ..patching.capture import residuals_after
+from ..evaluation.metrics import prompt_token_ids
 from .collect import collect_activations
 from .prompts import BASE_QUERIES, sample, with_instruction
 
-__all__ = ["DiffMeanResult", "diff_in_means", "instruction_vectors", "LayerScore", "LayerSearch", "EvaluationScorer",
+__all__ = ["DiffMeanResult", "diff_in_means", "instruction_vectors", "answer_vectors", "LayerScore", "LayerSearch", "EvaluationScorer",
            "layer_search", "default_candidate_layers", "compose", "transfer", "evaluation_scorer"]
 
 
@@ -58,6 +71,7 @@ class DiffMeanResult:
     n_pairs: int
     instruction: Optional[str] = None
     model: dict[str, Any] = field(default_factory=dict)
+    read_out: str = "prompt"  # "prompt": the last prompt token (Stolfo et al.); "answers": :func:`answer_vectors`
 
     @property
     def norm(self) -> float:
@@ -75,7 +89,7 @@ class DiffMeanResult:
         norm = vector.norm()
         if not torch.isfinite(norm) or norm == 0:
             raise ValueError(f"layer {layer}: the difference in means is zero or not finite; the "
-                             f"prompts with and without the instruction give the same residuals")
+                             f"two sides of the pairs give the same residuals")
         direction = vector / norm
         z_bar = float((x_with @ direction).mean())
         return cls(int(layer), vector.float(), direction.float(), z_bar, int(x_with.shape[0]), **kwargs)
@@ -90,7 +104,8 @@ class DiffMeanResult:
             coefficient = self.norm if mode == "add" else self.z_bar
         iv = DenseIntervention(self.layer, self.direction.unsqueeze(0), [[float(coefficient)]], mode)
         meta = {"method": "diff_in_means", "instruction": self.instruction, "mode": mode,
-                "layer": self.layer, "z_bar": self.z_bar, "norm": self.norm, "n_pairs": self.n_pairs}
+                "layer": self.layer, "z_bar": self.z_bar, "norm": self.norm, "n_pairs": self.n_pairs,
+                "read_out": self.read_out}
         return SteeringSpec([iv], positions=positions, model=dict(self.model), metadata=meta)
 
 
@@ -120,6 +135,38 @@ def instruction_vectors(model: nn.Module, tokenizer, instruction: str, layers: S
     bases = sample(base_prompts or BASE_QUERIES, n_prompts, seed)
     withs = [with_instruction(b, instruction, placement) for b in bases]
     return diff_in_means(model, tokenizer, withs, bases, layers, instruction=instruction, **kwargs)
+
+
+@torch.no_grad()
+def answer_vectors(model: nn.Module, tokenizer, questions: Sequence[str], answers: Sequence[str],
+                   rewrite: Callable[[str], str], layers: Sequence[int], *, chat: bool = True,
+                   instruction: Optional[str] = None) -> dict[int, DiffMeanResult]:
+    """Vectors read from answers (module doc): ``rewrite(answer)`` against ``answer``, each
+    averaged over its own tokens after its question. Pairs whose answer has no token are left
+    out; every answer must not already be what ``rewrite`` makes of it."""
+    if len(questions) != len(answers) or not questions:
+        raise ValueError(f"questions and answers must be non-empty and aligned, got {len(questions)} "
+                         f"and {len(answers)}")
+    pairs = [(q, a, rewrite(a)) for q, a in zip(questions, answers) if a.strip()]
+    if not pairs or all(a == r for _, a, r in pairs):
+        raise ValueError("the rewrite changes none of the answers: there is no difference to read")
+    layers = [int(layer) for layer in layers]
+    device = next(model.parameters()).device
+    sides: dict[str, dict[int, list[torch.Tensor]]] = {"own": {ell: [] for ell in layers},
+                                                      "rewritten": {ell: [] for ell in layers}}
+    for question, own, rewritten in pairs:
+        prompt_ids = prompt_token_ids(tokenizer, question, chat)
+        for side, text in (("own", own), ("rewritten", rewritten)):
+            ids = torch.tensor([prompt_ids + tokenizer(text, add_special_tokens=False)["input_ids"]],
+                               device=device)
+            store = residuals_after(model, ids, torch.ones_like(ids), layers)
+            for ell in layers:
+                sides[side][ell].append(store[ell][0, len(prompt_ids):].float().mean(0).cpu())
+    facts = _facts(model)
+    return {ell: DiffMeanResult.from_activations(ell, torch.stack(sides["rewritten"][ell]),
+                                                 torch.stack(sides["own"][ell]), instruction=instruction,
+                                                 model=facts, read_out="answers")
+            for ell in layers}
 
 
 # --------------------------------------------------------------------- layer search

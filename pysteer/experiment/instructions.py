@@ -18,7 +18,12 @@ evaluation need for one instruction:
   phrasings of the built-in prompts, so discovery and evaluation speak the same words;
 - ``saif_variants``: SAIF's linguistic variants — a built-in list's name
   (:data:`pysteer.discovery.prompts.VARIANTS`) or our own list;
-- ``keyword``: Concise-SAE's one-word summary, appended to the texts it reads.
+- ``keyword``: Concise-SAE's one-word summary, appended to the texts it reads;
+- ``rewrite``: where there is one, the name of a rule in :data:`REWRITES` that makes any
+  answer comply while keeping its words (lowercase, uppercase, no commas); difference in
+  means also reads its vector from the model's answers against their rewrites
+  (:func:`pysteer.discovery.answer_vectors`). Formats and content (JSON, bullets, length,
+  French, a keyword) have no such rule: rewriting them is writing a new answer.
 
 The variants written here follow the built-in lists' shape (five English rephrasings,
 then Spanish, French, German) so SAIF's statistics mean the same across types; the
@@ -30,13 +35,20 @@ one sentence, other constraints than the checked "fewer than 30 words".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence, Union
 
 from ..discovery.prompts import VARIANTS
 from .errors import ExperimentError
 
-__all__ = ["InstructionType", "INSTRUCTION_TYPES", "TYPE_NAMES", "get_type", "resolve_types", "Instruction",
+__all__ = ["InstructionType", "INSTRUCTION_TYPES", "REWRITES", "TYPE_NAMES", "get_type", "resolve_types", "Instruction",
            "BUILTIN_NAMES", "INSTRUCTION_RULE", "resolve_instruction"]
+
+
+REWRITES: dict[str, Callable[[str], str]] = {
+    "lower": str.lower,
+    "upper": str.upper,
+    "drop_commas": lambda text: text.replace(",", ""),
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,18 @@ class InstructionType:
     instruction_text: str
     saif_variants: Union[str, tuple[str, ...], None]
     keyword: str
+    rewrite: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.rewrite is not None and self.rewrite not in REWRITES:
+            raise ExperimentError(f"type {self.name}: unknown rewrite {self.rewrite!r}; the rewrites are "
+                                  f"{', '.join(REWRITES)}")
+
+    def rewrite_answer(self, text: str) -> str:
+        """``text`` made to comply by the type's rewrite rule."""
+        if self.rewrite is None:
+            raise ExperimentError(f"type {self.name} has no rewrite rule")
+        return REWRITES[self.rewrite](text)
 
     def variants(self) -> Optional[list[str]]:
         """SAIF's variants as a list (None: let SAIF frame ``instruction_text`` itself)."""
@@ -59,7 +83,7 @@ class InstructionType:
 
     def to_json(self) -> dict:
         return {"name": self.name, "instruction_id": self.instruction_id,
-                "instruction_text": self.instruction_text, "keyword": self.keyword,
+                "instruction_text": self.instruction_text, "keyword": self.keyword, "rewrite": self.rewrite,
                 "saif_variants": self.saif_variants if isinstance(self.saif_variants, str)
                 else self.variants()}
 
@@ -107,15 +131,15 @@ _KEYWORD = (
 
 INSTRUCTION_TYPES: tuple[InstructionType, ...] = (
     InstructionType("lowercase", "change_case:english_lowercase",
-                    "Use only lowercase letters in your response.", "lowercase", "Lowercase"),
+                    "Use only lowercase letters in your response.", "lowercase", "Lowercase", "lower"),
     InstructionType("uppercase", "change_case:english_capital",
-                    "Respond using only uppercase letters.", "uppercase", "Uppercase"),
+                    "Respond using only uppercase letters.", "uppercase", "Uppercase", "upper"),
     InstructionType("json", "detectable_format:json_format",
                     "Respond only with a JSON object.", "json", "JSON"),
     InstructionType("bullets", "detectable_format:number_bullet_lists",
                     "Give your answer as a list of exactly 3 markdown bullet points.", _BULLETS, "Bullets"),
     InstructionType("no_comma", "punctuation:no_comma",
-                    "Write your response without using a single comma.", _NO_COMMA, "Commas"),
+                    "Write your response without using a single comma.", _NO_COMMA, "Commas", "drop_commas"),
     InstructionType("short", "length_constraints:number_words",
                     "Respond in fewer than 30 words.", _SHORT, "Brief"),
     InstructionType("french", "language:response_language",

@@ -39,7 +39,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..discovery import concise, instruction_vectors, saif
+from ..discovery import answer_vectors, concise, instruction_vectors, saif
 from ..discovery.prompts import BASE_QUERIES, sample
 from ..evaluation import (builtin_prompts, generate_for_configs, generate_responses, response_perplexity,
                           score_responses)
@@ -84,10 +84,14 @@ class Budget:
     # tuned coefficients, and every held-out frontier scales the method's spec by s. Each method
     # chooses its s on ``validation`` train prompts answered at ``eval_max_new_tokens``
     # (none beating the unsteered model: s = 0); diff-means also its layer among ``dm_layers``
-    # (empty: the experiment's layer only).
+    # (empty: the experiment's layer only), and, for a type with a rewrite rule, whether to use
+    # the vector read from answers at one of ``answer_layers`` instead (empty: never). That one
+    # steers the prompt's positions only and takes its size from the prompt read-out's ‖v_ℓ‖,
+    # so a strength means the same for both.
     strengths: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
     validation: int = 8
     dm_layers: tuple[int, ...] = ()
+    answer_layers: tuple[int, ...] = ()
     # Concise-SAE's search space: "grouped" (one strength for the supportive and one for the
     # opposing latents, times per-latent scales) or "full" (one coefficient per latent).
     tune_space: str = "grouped"
@@ -97,7 +101,7 @@ class Budget:
             if name == "tune_space":
                 if value not in ("grouped", "full"):
                     raise ExperimentError(f"Budget.tune_space must be 'grouped' or 'full', got {value!r}")
-            elif name in ("strengths", "dm_layers"):
+            elif name in ("strengths", "dm_layers", "answer_layers"):
                 if not isinstance(value, tuple) or (name == "strengths" and not value) or \
                         not all(isinstance(v, (int, float)) and v >= 0 for v in value):
                     raise ExperimentError(f"Budget.{name} must be a tuple of non-negative numbers"
@@ -123,8 +127,11 @@ class Budget:
         and the report that also searched 12 and 18 chose 15 for all 8 types); Concise-SAE's
         two group strengths get 6 rounds × q 6 (36 evaluations), on answers of 32 tokens
         (64 with the full space was tried and did worse held out:
-        reports/smollm2/tried/train-at-eval-length-full-space/)."""
-        return cls(tune_rounds=6, tune_q=6, validation=20)
+        reports/smollm2/tried/train-at-eval-length-full-space/). Diff-means may also read its
+        vector from answers at layer 12, on the prompt's positions: on train prompts that moved
+        lowercase within the bounds where the prompt read-out at layers 9-27 and the answer
+        read-out at every position did not (reports/smollm2/tried/response-contrast-on-train/)."""
+        return cls(tune_rounds=6, tune_q=6, validation=20, answer_layers=(12,))
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -194,12 +201,18 @@ def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
         # Stolfo et al. choose the layer on validation prompts; here the strength too, by the
         # train frontier of each candidate layer's vector (one batched generation per layer).
         candidates = sorted(set(budget.dm_layers) | {layer}) if budget.dm_layers else [layer]
-        vectors = instruction_vectors(model, tokenizer, itype.instruction_text, candidates, discovery_queries(),
+        answer_layers = sorted(set(budget.answer_layers)) if itype.rewrite else []
+        vectors = instruction_vectors(model, tokenizer, itype.instruction_text,
+                                      sorted(set(candidates) | set(answer_layers)), discovery_queries(),
                                       n_prompts=budget.n_pairs, **common)
-        frontiers = {ell: _train_frontier(model, tokenizer, vectors[ell].spec("add"), itype, budget, f"layer {ell}")
-                     for ell in tqdm(candidates, desc="diff-means layers", disable=not progress, unit="layer")}
-        chosen, point = _choose_operating_point(frontiers, "train frontier (layers x strengths)")
-        spec = vectors[layer if chosen is None else chosen].spec("add")  # none chosen: the experiment's layer
+        specs: dict[Any, SteeringSpec] = {ell: vectors[ell].spec("add") for ell in candidates}
+        specs.update(_answer_specs(model, tokenizer, itype, answer_layers, vectors, budget))
+        frontiers = {key: _train_frontier(model, tokenizer, candidate, itype, budget,
+                                          key if isinstance(key, str) else f"layer {key}")
+                     for key, candidate in tqdm(specs.items(), desc="diff-means candidates", disable=not progress,
+                                                unit="vector")}
+        chosen, point = _choose_operating_point(frontiers, "train frontier (vectors x strengths)")
+        spec = specs[layer if chosen is None else chosen]  # none chosen: the experiment's layer
         spec.metadata["operating_point"] = point
     elif method == "saif":
         contents = sample(discovery_queries(), budget.n_contents, seed)
@@ -219,6 +232,27 @@ def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
                                       "pairs": [{"follow": a, "violate": b} for a, b in result.pairs]}
     spec.metadata.update(type=itype.name, instruction_id=itype.instruction_id)
     return spec
+
+
+def _answer_specs(model, tokenizer, itype: InstructionType, layers: Sequence[int], prompt_vectors,
+                  budget: Budget) -> dict[str, SteeringSpec]:
+    """``{"answers, layer ℓ": spec}``: the vector read from the model's own answers to the
+    discovery queries against their rewrites by the type's rule, added on the prompt's positions
+    at c = the prompt read-out's ‖v_ℓ‖ (strength 1). The answers edit nothing the model writes,
+    only the cache it reads: on train, every position looped (reports/smollm2/tried/)."""
+    if not layers:
+        return {}
+    questions = discovery_queries()
+    own = generate_responses(model, tokenizer, questions, max_new_tokens=budget.eval_max_new_tokens,
+                             batch_size=budget.batch_size)
+    read = answer_vectors(model, tokenizer, questions, own, itype.rewrite_answer, layers,
+                          instruction=itype.instruction_text)
+    specs = {}
+    for ell in layers:
+        spec = read[ell].spec("add", prompt_vectors[ell].norm, positions="prompt")
+        spec.metadata["unit"] = {"prompt_read_out_norm": prompt_vectors[ell].norm, "rewrite": itype.rewrite}
+        specs[f"answers, layer {ell}"] = spec
+    return specs
 
 
 def untuned_spec(model, tokenizer, itype: "str | InstructionType", layer: int, budget: Budget, *,
@@ -435,6 +469,40 @@ class ExperimentResult:
     model: dict[str, Any] = field(default_factory=dict)
     sae: dict[str, Any] = field(default_factory=dict)
     out_dir: Optional[str] = None
+    carried: dict[str, str] = field(default_factory=dict)  # type name -> the results.json it was carried from
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> "ExperimentResult":
+        """A result back from its :meth:`to_json` dict (with the responses), e.g. to carry types over."""
+        known = {f.name for f in dataclasses.fields(Budget)}
+        budget = Budget(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc["budget"].items() if k in known})
+        return cls([get_type(t["name"]) for t in doc["types"]], list(doc["methods"]), budget,
+                   dict(doc["evaluations"]), dict(doc["spec_paths"]), dict(doc["timings"]), dict(doc.get("layers", {})),
+                   int(doc.get("seed", 0)), dict(doc.get("model") or {}), dict(doc.get("sae") or {}),
+                   doc.get("out_dir"), dict(doc.get("carried") or {}))
+
+    def carry_over(self, earlier: "ExperimentResult", source: str) -> "ExperimentResult":
+        """This result with ``earlier``'s types that it did not run added back, in the report's
+        order, each marked as carried from ``source``: for a re-run of only the types a change
+        can affect. Refused unless both ran the same methods on the same model, SAE and seed."""
+        for what in ("methods", "model", "sae", "seed"):
+            if getattr(self, what) != getattr(earlier, what):
+                raise ExperimentError(f"cannot carry types over: the earlier run's {what} differ "
+                                      f"({getattr(earlier, what)!r} vs {getattr(self, what)!r})")
+        mine = {t.name for t in self.types}
+        carried = [t for t in earlier.types if t.name not in mine]
+        order = [t.name for t in earlier.types] + [t.name for t in self.types if t.name not in
+                                                   {e.name for e in earlier.types}]
+        by_name = {t.name: t for t in [*self.types, *carried]}
+
+        def pick(earlier_table: dict, own_table: dict) -> dict:
+            return {n: (own_table if n in mine else earlier_table)[n] for n in order}
+        return dataclasses.replace(
+            self, types=[by_name[n] for n in order],
+            evaluations=pick(earlier.evaluations, self.evaluations),
+            spec_paths=pick(earlier.spec_paths, self.spec_paths), timings=pick(earlier.timings, self.timings),
+            layers=pick(earlier.layers, self.layers),
+            carried={**{n: earlier.carried.get(n, source) for n in (t.name for t in carried)}})
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per (type, setting, method or ``"unsteered"``) with the cell's metrics."""
@@ -492,7 +560,7 @@ class ExperimentResult:
                 "types": [t.to_json() for t in self.types], "methods": self.methods, "layers": self.layers,
                 "rows": self.rows(), "targets": targets(self), "evaluations": evaluations,
                 "spec_paths": self.spec_paths, "timings": self.timings, "total_seconds": self.total_seconds(),
-                "out_dir": self.out_dir}
+                "out_dir": self.out_dir, "carried": self.carried}
 
 
 def _sae_table(saes: "SAE | str | Path | Mapping[int, Any] | None") -> dict[int, SAE]:

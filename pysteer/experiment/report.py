@@ -217,6 +217,9 @@ def format_markdown(doc: Mapping[str, Any], title: str = "Instruction following 
              f"Held-out prompts: {budget['n_heldout']} per type, greedy, {budget['eval_max_new_tokens']} new "
              f"tokens. Concise-SAE tuned for {budget['tune_rounds']} rounds × q {budget['tune_q']} on "
              f"{budget['tune_minibatch']} train prompts per round, without the instruction.",
+             *([f"Carried over unchanged from an earlier run: {', '.join(sorted(set(doc['carried'])))} "
+                f"(from {', '.join(sorted(set(doc['carried'].values())))}); the other types were run now."]
+               if doc.get("carried") else []),
              "IFR = instruction-following rate (loose and strict), RR = response rate, OQ = output quality, "
              "ppl = mean perplexity of the responses under the unsteered model; ppl/instr and ppl/sent = median "
              "over prompts of the response's perplexity over the unsteered response's, both under the prompt with "

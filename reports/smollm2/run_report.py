@@ -10,6 +10,9 @@ instruction, unsteered and steered; the issue's targets are checked per method.
     python reports/smollm2/run_report.py --sae DIR --types lowercase --budget demo \\
         --set n_heldout=2 tune_rounds=2 --out /tmp/report-check  # a quick check of the script
 
+    python reports/smollm2/run_report.py --types lowercase uppercase no_comma \
+        --carry reports/smollm2/results.json --out /tmp/r  # re-run 3 types, carry the other 5 over
+
 Writes reports/smollm2/results.json (every response included) and results.md, and the
 steering specs to reports/smollm2/specs/ (``--out`` moves all three).
 """
@@ -18,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
 import torch
 
 from pysteer.experiment import BUDGETS, METHODS, TYPE_NAMES, run_experiment, write_report
+from pysteer.experiment.pipeline import ExperimentResult
 from pysteer.models import load_model, shipped_sae
 from pysteer.sae import load_sae
 
@@ -57,11 +62,17 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE", help="override Budget fields")
     ap.add_argument("--out", default=str(HERE), help="directory for results.json, results.md and specs/")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing specs/ directory")
+    ap.add_argument("--carry", default=None, metavar="RESULTS_JSON",
+                    help="an earlier run's results.json: its types not in --types are carried over into this "
+                         "report unchanged (for a change that can only affect the types run now)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
 
+    earlier = None
+    if args.carry:
+        earlier = ExperimentResult.from_json(json.loads(Path(args.carry).read_text()))  # read before any work
     budget = dataclasses.replace(BUDGETS[args.budget](), **parse_overrides(args.set))
     sae = load_sae(args.sae, device=args.device) if args.sae else shipped_sae(args.layer, device=args.device)
     layer = args.layer if args.layer is not None else sae.hook_layer
@@ -71,6 +82,8 @@ def main(argv=None) -> int:
     model, tokenizer = load_model(device=args.device)
     result = run_experiment(model, tokenizer, args.types, args.methods, {layer: sae}, budget, out / "specs",
                             layers=layer, seed=args.seed, overwrite=args.overwrite, progress=not args.quiet)
+    if earlier is not None:
+        result = result.carry_over(earlier, str(args.carry))
     doc = write_report(result, out / "results.json", out / "results.md", title=TITLE)
     result.plot_frontiers(out / "frontier.png")
     for key in "abc":

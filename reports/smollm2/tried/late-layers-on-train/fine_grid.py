@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 from run import layer_frontiers
+from train_log import TrainLog  # run.py put tried/ on sys.path
 
-from pysteer.experiment.frontier import format_frontier
 from pysteer.experiment.pipeline import Budget
 from pysteer.models import load_model
 
@@ -22,10 +22,10 @@ def main() -> int:
     torch.manual_seed(0)
     budget = Budget.report()
     model, tokenizer = load_model(device="cpu")
+    log = TrainLog("Diff-means at later layers, a finer grid")  # printed, not written
     for name, layers, strengths in FINE:
-        for layer, frontier, chosen, _ in layer_frontiers(model, tokenizer, name, layers, strengths, budget):
-            print(f"{name} layer {layer} (operating point: {'none' if chosen is None else chosen})\n"
-                  + format_frontier(frontier, chosen=0.0 if chosen is None else chosen), flush=True)
+        for layer, frontier, norm in layer_frontiers(model, tokenizer, name, layers, strengths, budget):
+            log.add(f"{name}/layer {layer}", f"{name} layer {layer}", frontier, vector_norm=norm)
     return 0
 
 

@@ -17,8 +17,7 @@ Writes ``train_frontiers.json`` and ``results.md`` next to this file.
 
 from __future__ import annotations
 
-import json
-import time
+import sys
 from pathlib import Path
 
 import torch
@@ -26,17 +25,19 @@ import torch
 from pysteer.discovery import instruction_vectors
 from pysteer.evaluation import builtin_prompts
 from pysteer.experiment import get_type
-from pysteer.experiment.frontier import REPORT_BOUNDS, best_point, format_frontier, sweep
+from pysteer.experiment.frontier import sweep
 from pysteer.experiment.pipeline import Budget, discovery_queries
 from pysteer.models import load_model
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from train_log import TrainLog  # noqa: E402
 LAYERS = (18, 21, 24, 27)
 TYPES = ("keyword", "french", "bullets", "json", "lowercase", "uppercase")  # the six that miss (a)
 
 
 def layer_frontiers(model, tokenizer, name: str, layers, strengths, budget: Budget):
-    """Yield (layer, train frontier, operating strength or None, ‖v_ℓ‖) for one type's vectors."""
+    """Yield (layer, train frontier, ‖v_ℓ‖) for one type's vectors."""
     itype = get_type(name)
     train = builtin_prompts("train", [itype.instruction_id])[:budget.validation]
     vectors = instruction_vectors(model, tokenizer, itype.instruction_text, list(layers), discovery_queries(),
@@ -44,29 +45,19 @@ def layer_frontiers(model, tokenizer, name: str, layers, strengths, budget: Budg
     for layer in layers:
         frontier = sweep(model, tokenizer, vectors[layer].spec("add"), train, strengths,
                          max_new_tokens=budget.eval_max_new_tokens, label=f"layer {layer}")
-        _, point = best_point({layer: frontier}, REPORT_BOUNDS)
-        yield layer, frontier, None if point is None else point.strength, vectors[layer].norm
+        yield layer, frontier, vectors[layer].norm
 
 
 def main() -> int:
     torch.manual_seed(0)
     budget = Budget.report()
     model, tokenizer = load_model(device="cpu")
-    doc, lines = {"bounds": REPORT_BOUNDS.to_json(), "layers": list(LAYERS), "frontiers": {}}, []
-    start = time.perf_counter()
+    log = TrainLog("Diff-means at later layers, on train prompts (20 per type, no instruction, 64 tokens)",
+                   layers=list(LAYERS))
     for name in TYPES:
-        for layer, frontier, chosen, norm in layer_frontiers(model, tokenizer, name, LAYERS, budget.strengths, budget):
-            doc["frontiers"][f"{name}/layer {layer}"] = {**frontier.to_json(), "operating_strength": chosen,
-                                                          "vector_norm": norm}
-            table = format_frontier(frontier, chosen=0.0 if chosen is None else chosen)
-            lines += [f"### {name}: layer {layer} (operating point: {'none' if chosen is None else chosen})", "",
-                      "```", table, "```", ""]
-            print(f"{name} layer {layer}: {chosen}  [{time.perf_counter() - start:.0f} s]\n{table}", flush=True)
-    doc["seconds"] = round(time.perf_counter() - start, 1)
-    (HERE / "train_frontiers.json").write_text(json.dumps(doc, indent=1))
-    (HERE / "results.md").write_text("# Diff-means at later layers, on train prompts (20 per type, no instruction, "
-                                     "64 tokens)\n\n`>` the operating point by the report's rule, `*` within the "
-                                     "bounds.\n\n" + "\n".join(lines))
+        for layer, frontier, norm in layer_frontiers(model, tokenizer, name, LAYERS, budget.strengths, budget):
+            log.add(f"{name}/layer {layer}", f"{name}: layer {layer}", frontier, vector_norm=norm)
+    log.write(HERE / "train_frontiers.json", HERE / "results.md")
     return 0
 
 
