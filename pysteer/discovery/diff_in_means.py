@@ -51,8 +51,8 @@ from ..evaluation.metrics import prompt_token_ids
 from .collect import collect_activations
 from .prompts import BASE_QUERIES, sample, with_instruction
 
-__all__ = ["DiffMeanResult", "diff_in_means", "instruction_vectors", "answer_vectors", "LayerScore", "LayerSearch", "EvaluationScorer",
-           "layer_search", "default_candidate_layers", "compose", "transfer", "evaluation_scorer"]
+__all__ = ["DiffMeanResult", "diff_in_means", "instruction_vectors", "answer_vectors", "LayerScore", "LayerSearch",
+           "EvaluationScorer", "layer_search", "default_candidate_layers", "compose", "transfer", "evaluation_scorer"]
 
 
 def _facts(model: nn.Module) -> dict[str, Any]:
@@ -142,8 +142,8 @@ def answer_vectors(model: nn.Module, tokenizer, questions: Sequence[str], answer
                    rewrite: Callable[[str], str], layers: Sequence[int], *, chat: bool = True,
                    instruction: Optional[str] = None) -> dict[int, DiffMeanResult]:
     """Vectors read from answers (module doc): ``rewrite(answer)`` against ``answer``, each
-    averaged over its own tokens after its question. Pairs whose answer has no token are left
-    out; every answer must not already be what ``rewrite`` makes of it."""
+    averaged over its own tokens after its question. Pairs whose answer is blank are left out;
+    a rewrite that changes none of the answers is refused (there is nothing to read)."""
     if len(questions) != len(answers) or not questions:
         raise ValueError(f"questions and answers must be non-empty and aligned, got {len(questions)} "
                          f"and {len(answers)}")

@@ -502,7 +502,7 @@ class ExperimentResult:
             evaluations=pick(earlier.evaluations, self.evaluations),
             spec_paths=pick(earlier.spec_paths, self.spec_paths), timings=pick(earlier.timings, self.timings),
             layers=pick(earlier.layers, self.layers),
-            carried={**{n: earlier.carried.get(n, source) for n in (t.name for t in carried)}})
+            carried={t.name: earlier.carried.get(t.name, source) for t in carried})
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per (type, setting, method or ``"unsteered"``) with the cell's metrics."""
