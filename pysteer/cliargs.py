@@ -118,6 +118,14 @@ def fraction(text: str) -> float:
     return value
 
 
+def significance_level(text: str) -> float:
+    """argparse type: a float in (0, 1] (a test's level; 1 accepts any gain)."""
+    value = finite_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be greater than 0 and at most 1, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer ≥ 1."""
     value = _number(int, text)

@@ -161,6 +161,40 @@ def test_answer_vectors_match_the_formula_by_hand(instr_model):
         answer_vectors(model, tokenizer, questions, answers[:2], str.lower, [PLANT_LAYER])
 
 
+def test_next_token_vectors_match_the_formula_by_hand(instr_model):
+    """v = mean over answers with a comma of (mean residual at the positions whose next token
+    has no comma − at those whose next token has one); the residual predicting answer token j
+    is the one at position len(prompt) + j − 1, read by a plain forward hook."""
+    from pysteer.discovery import next_token_vectors
+    from pysteer.evaluation.metrics import prompt_token_ids
+
+    model, tokenizer, _ = instr_model
+    questions = ["Describe the sea.", "Tell me about trees.", "Say hello."]
+    answers = ["The sea is blue, deep, and cold.", "Trees grow tall", "Hello, friend"]
+    has_comma = lambda piece: "," in piece  # noqa: E731
+    res = next_token_vectors(model, tokenizer, questions, answers, has_comma, [PLANT_LAYER], instruction="no_comma")
+    res = res[PLANT_LAYER]
+
+    diffs = []
+    for question, answer in zip(questions, answers):
+        prompt = prompt_token_ids(tokenizer, question, True)
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        hidden = layer_output(model, {"input_ids": torch.tensor([prompt + answer_ids])}, PLANT_LAYER)[0]
+        comma = [hidden[len(prompt) + j - 1] for j, i in enumerate(answer_ids) if "," in tokenizer.decode([i])]
+        other = [hidden[len(prompt) + j - 1] for j, i in enumerate(answer_ids) if "," not in tokenizer.decode([i])]
+        if comma and other:
+            diffs.append(torch.stack(other).mean(0) - torch.stack(comma).mean(0))
+    assert len(diffs) == 2                              # the answer without a comma is left out
+    assert res.n_pairs == 2 and res.read_out == "next-token"
+    assert torch.allclose(res.vector.double(), torch.stack(diffs).mean(0).double(), atol=1e-4)
+    with pytest.raises(ValueError, match="nothing to read"):
+        next_token_vectors(model, tokenizer, questions[1:2], answers[1:2], has_comma, [PLANT_LAYER])
+    with pytest.raises(ValueError, match="aligned"):
+        next_token_vectors(model, tokenizer, questions, answers[:2], has_comma, [PLANT_LAYER])
+    with pytest.raises(ValueError, match="at least one layer"):
+        next_token_vectors(model, tokenizer, questions, answers, has_comma, [])
+
+
 def test_projection_form_matches_paper_formula(instr_model):
     """z̄, u from raw hidden states; steered layer output equals h + (z̄ − h·u)·u."""
     model, tokenizer, _ = instr_model

@@ -315,7 +315,7 @@ def test_diff_means_chooses_between_the_prompt_and_the_answer_read_out(chat):
     assert Frontier.from_json(point["train_frontiers"][key]).label == key
     prompt_norm = spec.metadata["unit"]["prompt_read_out_norm"] if "unit" in spec.metadata else spec.metadata["norm"]
     assert spec.interventions[0].coefficients.item() == pytest.approx(prompt_norm, rel=1e-5)
-    answers = pipeline._answer_specs(model, tokenizer, get_type("lowercase"), [STEERED_LAYER],
+    answers = pipeline._answer_specs(model, tokenizer, get_type("lowercase"), [STEERED_LAYER], [],
                                      pipeline.instruction_vectors(model, tokenizer, get_type("lowercase").instruction_text,
                                                                   [STEERED_LAYER], discovery_queries(),
                                                                   n_prompts=budget.n_pairs, progress=False),
@@ -331,6 +331,29 @@ def test_diff_means_chooses_between_the_prompt_and_the_answer_read_out(chat):
     json_spec = pipeline.find_spec("diff-means", model, tokenizer, "json", layer=STEERED_LAYER, budget=budget,
                                    progress=False)
     assert set(json_spec.metadata["operating_point"]["train_frontiers"]) == {str(STEERED_LAYER)}
+
+
+def test_a_type_that_forbids_tokens_gets_the_next_token_candidate(chat, monkeypatch):
+    """With ``next_token_layers``, no commas (which forbids a token) gets the vector read where the
+    model's answers write a comma next, at every position and c = NEXT_TOKEN_UNIT·‖v‖; when the answers
+    write no comma there is nothing to read and no such candidate."""
+    model, tokenizer = chat
+    budget = dataclasses.replace(TOY, next_token_layers=(STEERED_LAYER,), strengths=(0.5, 8.0))
+    itype, key = get_type("no_comma"), f"next token, layer {STEERED_LAYER}"
+    monkeypatch.setattr(pipeline, "generate_responses",
+                        lambda model, tokenizer, questions, **kw: ["Yes, the sea is deep, and wide."] * len(questions))
+    specs = pipeline._answer_specs(model, tokenizer, itype, [], [STEERED_LAYER], {}, budget)
+    assert set(specs) == {key}
+    read = specs[key]
+    assert read.positions == "all" and read.metadata["read_out"] == "next-token"
+    assert read.interventions[0].coefficients.item() == pytest.approx(pipeline.NEXT_TOKEN_UNIT * read.metadata["norm"],
+                                                                      rel=1e-5)
+    spec = pipeline.find_spec("diff-means", model, tokenizer, itype, layer=STEERED_LAYER, budget=budget,
+                              progress=False)
+    assert set(spec.metadata["operating_point"]["train_frontiers"]) == {str(STEERED_LAYER), key}
+    monkeypatch.setattr(pipeline, "generate_responses",
+                        lambda model, tokenizer, questions, **kw: ["The sea is deep."] * len(questions))
+    assert pipeline._answer_specs(model, tokenizer, itype, [], [STEERED_LAYER], {}, budget) == {}
 
 
 # ----------------------------------------------------------------------------- CLI

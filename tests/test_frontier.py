@@ -16,7 +16,7 @@ from pysteer.cli import main
 from pysteer.evaluation import builtin_prompts, generate_responses, score_responses
 from pysteer.experiment import ExperimentError
 from pysteer.experiment.frontier import (Frontier, FrontierPoint, QualityBounds, best_point, operating_point, scaled,
-                                         sweep)
+                                         sign_test, sweep)
 
 LOWERCASE = "change_case:english_lowercase"
 
@@ -80,9 +80,13 @@ def test_bad_sweeps_are_refused(chat):
         sweep(model, tokenizer, _spec(), [], [1.0])
 
 
-def _point(strength, ifr, degenerate=0.0, ratio=1.0):
+def _point(strength, ifr, degenerate=0.0, ratio=1.0, n=20):
+    """A point on n prompts whose first round(ifr·n) pass: two such points disagree only on the
+    prompts between their pass counts, all in the higher one's favour."""
+    passes = round(ifr * n)
     return FrontierPoint(strength, {"ifr_loose": ifr, "degenerate_rate": degenerate, "ppl_ratio_instructed": ratio,
-                                    "ppl_ratio": None if ratio is None else 3 * ratio})
+                                    "ppl_ratio": None if ratio is None else 3 * ratio,
+                                    "followed_loose": [True] * passes + [False] * (n - passes)})
 
 
 def test_operating_point_is_the_best_point_within_the_bounds():
@@ -106,16 +110,47 @@ def test_operating_point_is_the_best_point_within_the_bounds():
     assert bounds.failures(frontier.points[4].outcomes, loops.outcomes) == ["degenerate"]   # 0.2 > 0.15
     assert bounds.holds(_point(1.0, 0.3, degenerate=0.15).outcomes, loops.outcomes)
     assert not bounds.holds(_point(1.0, 0.3, degenerate=0.15).outcomes)
-    assert operating_point(Frontier([_point(1.0, 0.3, degenerate=0.15)], loops, [], False, 8), bounds).strength == 1.0
+    assert operating_point(Frontier([_point(1.0, 0.5, degenerate=0.15)], loops, [], False, 8), bounds).strength == 1.0
     # a point within the bounds that does not beat the unsteered model is no operating point
     assert operating_point(Frontier(frontier.points, _point(None, 0.6), [], False, 8), bounds) is None
-    assert operating_point(Frontier(frontier.points, _point(None, 0.5), [], False, 8), bounds).strength == 1.0
+    assert operating_point(Frontier(frontier.points, _point(None, 0.3), [], False, 8), bounds).strength == 1.0
     assert best_point({12: Frontier([_point(1.0, 0.5)], _point(None, 0.6), [], False, 8),
-                       15: Frontier([_point(2.0, 0.4)], _point(None, 0.2), [], False, 8)}, bounds)[0] == 15
+                       15: Frontier([_point(2.0, 0.5)], _point(None, 0.2), [], False, 8)}, bounds)[0] == 15
     with pytest.raises(ExperimentError, match="reference"):
         QualityBounds(reference="model")
     with pytest.raises(ExperimentError, match="max_ppl_ratio"):
         QualityBounds(max_ppl_ratio=math.inf)
+
+
+def test_sign_test_by_hand():
+    # b prompts pass only steered, c only unsteered: P(X >= b), X ~ Binomial(b + c, 1/2)
+    assert sign_test([True] * 5 + [False] * 5, [False] * 10) == pytest.approx(1 / 32)
+    assert sign_test([True, True, True, False, True], [False, False, False, True, True]) == pytest.approx(5 / 16)
+    assert sign_test([True, False], [True, False]) == 1.0                    # no prompt differs
+    assert sign_test([False] * 4, [True] * 4) == 1.0                          # all losses
+    with pytest.raises(ExperimentError, match="pairs prompts"):
+        sign_test([True], [True, False])
+
+
+def test_a_gain_that_chance_gives_is_no_operating_point():
+    base = _point(None, 0.0)
+    one_prompt, four, five = _point(0.5, 0.05), _point(1.0, 0.2), _point(2.0, 0.25)
+    # one prompt of 20 (p = 1/2) or four (p = 1/16) is what chance gives; five (p = 1/32) is not
+    assert operating_point(Frontier([one_prompt, four], base, [], False, 8)) is None
+    assert operating_point(Frontier([one_prompt, four, five], base, [], False, 8)).strength == 2.0
+    # gains and losses on different prompts: +2 net from 4 wins and 2 losses (p = 11/32)
+    mixed = FrontierPoint(1.0, {**four.outcomes, "followed_loose": [True] * 4 + [False] * 16})
+    swapped = FrontierPoint(None, {**base.outcomes, "ifr_loose": 0.1,
+                                   "followed_loose": [False] * 4 + [True] * 2 + [False] * 14})
+    assert sign_test(mixed.outcomes["followed_loose"], swapped.outcomes["followed_loose"]) == pytest.approx(11 / 32)
+    assert operating_point(Frontier([mixed], swapped, [], False, 8)) is None
+    # significance 1 takes any gain; a point without per-prompt outcomes cannot be tested
+    assert operating_point(Frontier([one_prompt], base, [], False, 8), significance=1).strength == 0.5
+    bare = FrontierPoint(0.5, {k: v for k, v in one_prompt.outcomes.items() if k != "followed_loose"})
+    with pytest.raises(ExperimentError, match="per-prompt outcomes"):
+        operating_point(Frontier([bare], base, [], False, 8))
+    with pytest.raises(ExperimentError, match="significance"):
+        operating_point(Frontier([one_prompt], base, [], False, 8), significance=0)
 
 
 def test_frontier_cli_writes_json_and_plot(chat, tmp_path, capsys):
@@ -132,7 +167,8 @@ def test_frontier_cli_writes_json_and_plot(chat, tmp_path, capsys):
     assert [p["strength"] for p in doc["points"]] == [0.0, 2.0] and len(doc["prompt_keys"]) == 2
     assert doc["split"] == "heldout" and doc["bounds"]["ratio_outcome"] == "ppl_ratio_instructed"
     assert len(doc["points"][1]["responses"]) == 2 and (out / "frontier.png").stat().st_size > 0
-    assert "operating point (the best within the bounds that beats the unsteered model)" in printed
+    assert "operating point (the best within the bounds that beats the unsteered model, sign test p <= 0.05)" in printed
+    assert doc["significance"] == 0.05 and len(doc["points"][1]["followed_loose"]) == 2
     best = operating_point(Frontier.from_json(doc))
     assert doc["operating_point"] == (None if best is None else best.strength)
     # what a user saved is not replaced without --overwrite; a bad strength fails before the model loads

@@ -127,3 +127,20 @@ def test_rewrite_rules_make_an_answer_pass_its_checker_and_keep_its_words():
         get_type("json").rewrite_answer(answer)
     with pytest.raises(pysteer.experiment.ExperimentError, match="unknown rewrite"):
         pysteer.experiment.InstructionType("x", "punctuation:no_comma", "No commas.", None, "Commas", "shout")
+
+
+def test_forbidden_token_test_agrees_with_the_checker():
+    """A text made of pieces passes no commas' checker exactly when no piece is forbidden."""
+    forbidding = {t.name: t.forbidden for t in pysteer.experiment.INSTRUCTION_TYPES if t.forbidden}
+    assert forbidding == {"no_comma": "comma"}
+    itype = get_type("no_comma")
+    kwargs = builtin_prompts("train", [itype.instruction_id])[0].kwargs[0]
+    for pieces in (["The", " sun", ",", " a", " star"], ["The", " sun", " is", " bright", "."],
+                   ["Yes", ",\"", " he", " said"], ["1", ",", "000"]):
+        text = "".join(pieces)
+        assert check_instruction(itype.instruction_id, kwargs, text, loose=False) == \
+            (not any(itype.forbids(p) for p in pieces)), pieces
+    with pytest.raises(pysteer.experiment.ExperimentError, match="forbids no tokens"):
+        get_type("json").forbids(",")
+    with pytest.raises(pysteer.experiment.ExperimentError, match="unknown forbidden token test"):
+        pysteer.experiment.InstructionType("x", "punctuation:no_comma", "No commas.", None, "Commas", forbidden="dots")

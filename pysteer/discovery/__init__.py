@@ -16,8 +16,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".collect": ("ActivationBatch", "FeatureStats", "collect_activations", "iter_activations"),
     ".concise": ("ConciseResult", "concise", "write_pairs"),
     ".diff_in_means": ("DiffMeanResult", "EvaluationScorer", "LayerScore", "LayerSearch", "compose",
-                       "diff_in_means", "evaluation_scorer", "instruction_vectors", "answer_vectors", "layer_search",
-                       "transfer"),
+                       "diff_in_means", "evaluation_scorer", "instruction_vectors", "answer_vectors", "next_token_vectors",
+                       "layer_search", "transfer"),
     ".saif": ("SaifResult", "saif", "saif_scores"),
 })
 
@@ -26,5 +26,5 @@ if TYPE_CHECKING:
     from .concise import ConciseResult, concise, write_pairs
     from .diff_in_means import (DiffMeanResult, EvaluationScorer, LayerScore, LayerSearch, answer_vectors,
                                 compose, diff_in_means, evaluation_scorer, instruction_vectors, layer_search,
-                                transfer)
+                                next_token_vectors, transfer)
     from .saif import SaifResult, saif, saif_scores

@@ -25,6 +25,15 @@ layer ℓ averaged over the tokens of a, read after the chat-templated q::
 own. It reaches instructions the model cannot follow when told (its own instructed answers
 then do not comply, so no pair of prompts or texts it writes carries the difference).
 
+For an instruction that forbids tokens (no commas), :func:`next_token_vectors` reads where
+the model decides: with x_ℓ,t the residual after layer ℓ at answer position t (which predicts
+token t+1; t = −1 is the last prompt token), F_p the positions of a_p whose next token is
+forbidden and A_p the others::
+
+    v_ℓ = mean_p (mean_{t∈A_p} x_ℓ,t − mean_{t∈F_p} x_ℓ,t)      over answers with both
+
+— away from "a forbidden token comes next".
+
 :func:`layer_search` picks ℓ among candidate layers (from n_layers // 5 upward) by
 instruction-following accuracy on validation prompts, disqualifying layers whose
 outputs degenerate; with ``scales`` it also picks the coefficient per layer (multiples
@@ -51,7 +60,8 @@ from ..evaluation.metrics import prompt_token_ids
 from .collect import collect_activations
 from .prompts import BASE_QUERIES, sample, with_instruction
 
-__all__ = ["DiffMeanResult", "diff_in_means", "instruction_vectors", "answer_vectors", "LayerScore", "LayerSearch",
+__all__ = ["DiffMeanResult", "diff_in_means", "instruction_vectors", "answer_vectors", "next_token_vectors",
+           "LayerScore", "LayerSearch",
            "EvaluationScorer", "layer_search", "default_candidate_layers", "compose", "transfer", "evaluation_scorer"]
 
 
@@ -166,6 +176,43 @@ def answer_vectors(model: nn.Module, tokenizer, questions: Sequence[str], answer
     return {ell: DiffMeanResult.from_activations(ell, torch.stack(sides["rewritten"][ell]),
                                                  torch.stack(sides["own"][ell]), instruction=instruction,
                                                  model=facts, read_out="answers")
+            for ell in layers}
+
+
+def next_token_vectors(model: nn.Module, tokenizer, questions: Sequence[str], answers: Sequence[str],
+                       forbidden: Callable[[str], bool], layers: Sequence[int], *, chat: bool = True,
+                       instruction: Optional[str] = None) -> dict[int, DiffMeanResult]:
+    """Vectors read where the next token is ``forbidden`` (module doc): ``forbidden(piece)``
+    says whether a token, decoded alone, breaks the instruction. Answers without a forbidden
+    token, or with nothing else, are left out; when none is left there is nothing to read."""
+    if len(questions) != len(answers) or not questions:
+        raise ValueError(f"questions and answers must be non-empty and aligned, got {len(questions)} "
+                         f"and {len(answers)}")
+    layers = [int(layer) for layer in layers]
+    if not layers:
+        raise ValueError("layers must name at least one layer")
+    device = next(model.parameters()).device
+    sides: dict[str, dict[int, list[torch.Tensor]]] = {"allowed": {ell: [] for ell in layers},
+                                                      "forbidden": {ell: [] for ell in layers}}
+    for question, answer in zip(questions, answers):
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        next_forbidden = torch.tensor([bool(forbidden(tokenizer.decode([i]))) for i in answer_ids], dtype=torch.bool)
+        if not next_forbidden.any() or next_forbidden.all():
+            continue
+        prompt_ids = prompt_token_ids(tokenizer, question, chat)
+        ids = torch.tensor([prompt_ids + answer_ids], device=device)
+        store = residuals_after(model, ids, torch.ones_like(ids), layers)
+        start = len(prompt_ids) - 1  # the last prompt token predicts the answer's first token
+        for ell in layers:
+            predicting = store[ell][0, start:start + len(answer_ids)].float().cpu()
+            sides["allowed"][ell].append(predicting[~next_forbidden].mean(0))
+            sides["forbidden"][ell].append(predicting[next_forbidden].mean(0))
+    if not sides["allowed"][layers[0]]:
+        raise ValueError("no answer has both a forbidden next token and an allowed one: there is nothing to read")
+    facts = _facts(model)
+    return {ell: DiffMeanResult.from_activations(ell, torch.stack(sides["allowed"][ell]),
+                                                 torch.stack(sides["forbidden"][ell]), instruction=instruction,
+                                                 model=facts, read_out="next-token")
             for ell in layers}
 
 

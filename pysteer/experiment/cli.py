@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..cliargs import (SAE_HELP, UsageError, add_command, add_model_arguments, check_layers, check_out_dir,
                        check_spec_shape, fraction, load_sae_for, load_spec, model_shape, nonnegative_float,
-                       nonnegative_int, positive_float, positive_int, prepare_run)
-from .frontier import DEFAULT_STRENGTHS
+                       nonnegative_int, positive_float, positive_int, prepare_run, significance_level)
+from .frontier import DEFAULT_STRENGTHS, SIGNIFICANCE
 from .instructions import TYPE_NAMES
 from .names import BUDGET_NAMES, FRONTIER_PLOT, METHODS, SAE_METHODS, SETTINGS, UNSTEERED, UNTUNED
 
@@ -86,7 +86,7 @@ def format_frontiers(result: "ExperimentResult") -> str:
             point = points[method]
             within = REPORT_BOUNDS.holds(steered)
             which = f"strength {point['strength']:g}" if point.get("steers", True) else \
-                "none (no strength beat the unsteered model on train)"
+                "none (no strength beat the unsteered model on train by more than chance)"
             lines.append(f"  operating point {method}: {which}, held-out IFR "
                          f"{base['ifr_loose']:.2f} -> {steered['ifr_loose']:.2f} "
                          f"({'within' if within else 'outside'} the bounds held out: degenerate "
@@ -194,7 +194,8 @@ Per strength: IFR (loose, strict), degenerate rate, and the perplexity ratios to
 unsteered model's own responses, under the prompt with the instruction (ppl/instr) and the
 prompt sent (ppl/sent). --out receives frontier.json and frontier.png; the table marks the
 points within the bounds and the operating point: the best of them that beats the unsteered
-model, or none (do not steer) — pick it on --split train, not on the held-out prompts you report.
+model by more than chance (a one-sided sign test over the prompts, p <= --significance), or
+none (do not steer) — pick it on --split train, not on the held-out prompts you report.
 """
 
 
@@ -221,11 +222,12 @@ def run_frontier(args: argparse.Namespace) -> int:
     frontier: Frontier = sweep(model, tokenizer, spec, prompts, args.strengths,
                                instruction_in_prompt=args.instruction, max_new_tokens=args.max_new_tokens,
                                label=str(args.steering), keep_responses=True)
-    best = operating_point(frontier, bounds)
+    best = operating_point(frontier, bounds, args.significance)
     with staged_directory(out, args.overwrite) as staging:
         write_json_atomic(staging / "frontier.json",
                           {"type": itype.name, "split": args.split, "steering": str(args.steering),
-                           "bounds": bounds.to_json(), "operating_point": None if best is None else best.strength,
+                           "bounds": bounds.to_json(), "significance": args.significance,
+                           "operating_point": None if best is None else best.strength,
                            **frontier.to_json(responses=True)}, ensure_ascii=False)
         plot_frontiers({itype.name: {"spec": frontier}}, staging / FRONTIER_PLOT, bounds,
                        {itype.name: {"spec": best.strength}} if best else None,
@@ -234,7 +236,8 @@ def run_frontier(args: argparse.Namespace) -> int:
     print(f"{itype.name}: {len(prompts)} {args.split} prompts {'with' if args.instruction else 'without'} the "
           f"instruction, {args.max_new_tokens} new tokens; * within the bounds, > the operating point")
     print(format_frontier(frontier, bounds, None if best is None else best.strength))
-    print(f"operating point (the best within the bounds that beats the unsteered model): "
+    print(f"operating point (the best within the bounds that beats the unsteered model, sign test "
+          f"p <= {args.significance:g}): "
           f"{'none, do not steer' if best is None else f'strength {best.strength:g}'}; "
           f"written: {out / 'frontier.json'}, {out / FRONTIER_PLOT}")
     return 0
@@ -256,6 +259,8 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     f.add_argument("--max-ppl-ratio", type=positive_float, default=1.5, help="bound on the perplexity ratio")
     f.add_argument("--ppl-reference", choices=["instructed", "sent"], default="instructed",
                    help="the ratio's prompt: with the instruction, or as sent")
+    f.add_argument("--significance", type=significance_level, default=SIGNIFICANCE,
+                   help="the operating point's gain must have a one-sided sign-test p at most this (1: any gain)")
     f.add_argument("--out", default="pysteer-frontier", help="output directory")
     f.add_argument("--overwrite", action="store_true", help="replace --out if it is not empty")
     add_model_arguments(f)

@@ -17,8 +17,9 @@ scored as a candidate's; both ratios 1 by construction).
 
 :class:`QualityBounds` says which points are acceptable (degenerate rate and one of the
 two ratios); :func:`operating_point` is the strength with the highest IFR among them that
-beats the unsteered model, or none (do not steer). Operating points are chosen on *train*
-prompts; a held-out frontier is only reported.
+beats the unsteered model by more than chance — a one-sided exact sign test on the prompts
+where the two disagree (:func:`sign_test`), at ``SIGNIFICANCE`` — or none (do not steer).
+Operating points are chosen on *train* prompts; a held-out frontier is only reported.
 """
 
 from __future__ import annotations
@@ -30,13 +31,20 @@ from typing import Any, Mapping, Optional, Sequence
 
 from .errors import ExperimentError
 
-__all__ = ["QualityBounds", "REPORT_BOUNDS", "RATIO_OUTCOMES", "DEFAULT_STRENGTHS", "FrontierPoint", "Frontier",
-           "sweep", "scaled", "best_point", "operating_point", "plot_frontiers", "format_frontier"]
+__all__ = ["QualityBounds", "REPORT_BOUNDS", "RATIO_OUTCOMES", "DEFAULT_STRENGTHS", "SIGNIFICANCE", "FrontierPoint",
+           "Frontier", "sweep", "scaled", "sign_test", "best_point", "operating_point", "plot_frontiers",
+           "format_frontier"]
 
 # The two perplexity references (see the module docstring), by the name the CLI uses.
 RATIO_OUTCOMES = {"instructed": "ppl_ratio_instructed", "sent": "ppl_ratio"}
 DEFAULT_STRENGTHS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-_POINT_KEYS = ("ifr_loose", "ifr_strict", "rr", "oq", "degenerate_rate", "ppl_ratio", "ppl_ratio_instructed")
+_POINT_KEYS = ("ifr_loose", "ifr_strict", "rr", "oq", "degenerate_rate", "ppl_ratio", "ppl_ratio_instructed",
+               "followed_loose")
+# A strength is only worth steering with when its train gain is unlikely to be chance: the
+# operating points whose train gain was one or two prompts of 20 did not hold on held-out
+# prompts (reports/smollm2/README.md: no commas' Concise-SAE point gave 0.5 in one environment
+# and 0.1 in another; French's gave 0.0, bullets' 0.1 with 20 % degenerate answers).
+SIGNIFICANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -189,25 +197,55 @@ def sweep(model, tokenizer, spec, prompts: Sequence[Any], strengths: Sequence[fl
                     instruction_in_prompt, int(max_new_tokens), label)
 
 
-def best_point(frontiers: Mapping[Any, Frontier], bounds: QualityBounds = REPORT_BOUNDS
-               ) -> tuple[Any, Optional[FrontierPoint]]:
+def sign_test(steered: Sequence[bool], unsteered: Sequence[bool]) -> float:
+    """One-sided exact sign test that ``steered`` follows more often than ``unsteered`` on the
+    same prompts (per-prompt pass flags, aligned): with b prompts passed only steered and c only
+    unsteered, P(X ≥ b) for X ~ Binomial(b + c, 1/2) — the chance of a gain this large if
+    steering changed which prompts pass at random. 1 when no prompt differs."""
+    if len(steered) != len(unsteered):
+        raise ExperimentError(f"a sign test pairs prompts: got {len(steered)} and {len(unsteered)} outcomes")
+    wins = sum(bool(s) and not bool(u) for s, u in zip(steered, unsteered))
+    losses = sum(bool(u) and not bool(s) for s, u in zip(steered, unsteered))
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
+
+
+def _beats(point: FrontierPoint, unsteered: FrontierPoint, significance: float) -> bool:
+    if point.outcomes["ifr_loose"] <= unsteered.outcomes["ifr_loose"]:
+        return False
+    if significance >= 1:
+        return True
+    flags, base = point.outcomes.get("followed_loose"), unsteered.outcomes.get("followed_loose")
+    if flags is None or base is None:
+        raise ExperimentError("a frontier point without per-prompt outcomes (followed_loose; frontiers saved "
+                              "before they were recorded) cannot be tested against chance: sweep it again, or "
+                              "pass significance=1 to compare IFRs only")
+    return sign_test(flags, base) <= significance
+
+
+def best_point(frontiers: Mapping[Any, Frontier], bounds: QualityBounds = REPORT_BOUNDS,
+               significance: float = SIGNIFICANCE) -> tuple[Any, Optional[FrontierPoint]]:
     """The (key, point) with the highest IFR (loose) within ``bounds`` (relative to each
     frontier's unsteered point, :class:`QualityBounds`) over several frontiers (e.g. one per
-    layer), among the points that beat their frontier's unsteered IFR — steering
-    that does no better than no steering is not worth its quality cost; ties → the smaller
-    strength (the gentlest edit that does as well), then the earlier frontier.
+    layer), among the points that beat their frontier's unsteered IFR with a :func:`sign_test`
+    p ≤ ``significance`` (1: any gain) — steering that does no better than no steering, or
+    better by what chance gives, is not worth its quality cost; ties → the smaller strength
+    (the gentlest edit that does as well), then the earlier frontier.
     ``(None, None)`` when no point qualifies: the operating point is not to steer."""
+    if not (isinstance(significance, (int, float)) and 0 < significance <= 1):
+        raise ExperimentError(f"significance must be in (0, 1], got {significance!r}")
     acceptable = [(key, p) for key, frontier in frontiers.items() for p in frontier.points
                   if bounds.holds(p.outcomes, frontier.unsteered.outcomes)
-                  and p.outcomes["ifr_loose"] > frontier.unsteered.outcomes["ifr_loose"]]
+                  and _beats(p, frontier.unsteered, significance)]
     if not acceptable:
         return None, None
     return max(acceptable, key=lambda item: (item[1].outcomes["ifr_loose"], -item[1].strength))
 
 
-def operating_point(frontier: Frontier, bounds: QualityBounds = REPORT_BOUNDS) -> Optional[FrontierPoint]:
+def operating_point(frontier: Frontier, bounds: QualityBounds = REPORT_BOUNDS,
+                    significance: float = SIGNIFICANCE) -> Optional[FrontierPoint]:
     """The point of one frontier :func:`best_point` picks; None when none qualifies."""
-    return best_point({None: frontier}, bounds)[1]
+    return best_point({None: frontier}, bounds, significance)[1]
 
 
 # ---------------------------------------------------------------------------- showing it

@@ -23,7 +23,11 @@ evaluation need for one instruction:
   answer comply while keeping its words (lowercase, uppercase, no commas); difference in
   means also reads its vector from the model's answers against their rewrites
   (:func:`pysteer.discovery.answer_vectors`). Formats and content (JSON, bullets, length,
-  French, a keyword) have no such rule: rewriting them is writing a new answer.
+  French, a keyword) have no such rule: rewriting them is writing a new answer;
+- ``forbidden``: where the instruction forbids tokens, the name of a test in
+  :data:`FORBIDDEN_TOKENS` of one decoded token (no commas: it holds a comma); difference
+  in means also reads its vector where the model's next token is forbidden
+  (:func:`pysteer.discovery.next_token_vectors`).
 
 The variants written here follow the built-in lists' shape (five English rephrasings,
 then Spanish, French, German) so SAIF's statistics mean the same across types; the
@@ -40,7 +44,7 @@ from typing import Callable, Iterable, NamedTuple, Optional, Sequence, Union
 from ..discovery.prompts import VARIANTS
 from .errors import ExperimentError
 
-__all__ = ["InstructionType", "INSTRUCTION_TYPES", "REWRITES", "TYPE_NAMES", "get_type", "resolve_types", "Instruction",
+__all__ = ["InstructionType", "INSTRUCTION_TYPES", "REWRITES", "FORBIDDEN_TOKENS", "TYPE_NAMES", "get_type", "resolve_types", "Instruction",
            "BUILTIN_NAMES", "INSTRUCTION_RULE", "resolve_instruction"]
 
 
@@ -48,6 +52,10 @@ REWRITES: dict[str, Callable[[str], str]] = {
     "lower": str.lower,
     "upper": str.upper,
     "drop_commas": lambda text: text.replace(",", ""),
+}
+
+FORBIDDEN_TOKENS: dict[str, Callable[[str], bool]] = {
+    "comma": lambda piece: "," in piece,
 }
 
 
@@ -61,17 +69,27 @@ class InstructionType:
     saif_variants: Union[str, tuple[str, ...], None]
     keyword: str
     rewrite: Optional[str] = None
+    forbidden: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.rewrite is not None and self.rewrite not in REWRITES:
             raise ExperimentError(f"type {self.name}: unknown rewrite {self.rewrite!r}; the rewrites are "
                                   f"{', '.join(REWRITES)}")
+        if self.forbidden is not None and self.forbidden not in FORBIDDEN_TOKENS:
+            raise ExperimentError(f"type {self.name}: unknown forbidden token test {self.forbidden!r}; the "
+                                  f"tests are {', '.join(FORBIDDEN_TOKENS)}")
 
     def rewrite_answer(self, text: str) -> str:
         """``text`` made to comply by the type's rewrite rule."""
         if self.rewrite is None:
             raise ExperimentError(f"type {self.name} has no rewrite rule")
         return REWRITES[self.rewrite](text)
+
+    def forbids(self, piece: str) -> bool:
+        """Whether the decoded token ``piece`` breaks the instruction (its forbidden-token test)."""
+        if self.forbidden is None:
+            raise ExperimentError(f"type {self.name} forbids no tokens")
+        return FORBIDDEN_TOKENS[self.forbidden](piece)
 
     def variants(self) -> Optional[list[str]]:
         """SAIF's variants as a list (None: let SAIF frame ``instruction_text`` itself)."""
@@ -84,6 +102,7 @@ class InstructionType:
     def to_json(self) -> dict:
         return {"name": self.name, "instruction_id": self.instruction_id,
                 "instruction_text": self.instruction_text, "keyword": self.keyword, "rewrite": self.rewrite,
+                "forbidden": self.forbidden,
                 "saif_variants": self.saif_variants if isinstance(self.saif_variants, str)
                 else self.variants()}
 
@@ -139,7 +158,8 @@ INSTRUCTION_TYPES: tuple[InstructionType, ...] = (
     InstructionType("bullets", "detectable_format:number_bullet_lists",
                     "Give your answer as a list of exactly 3 markdown bullet points.", _BULLETS, "Bullets"),
     InstructionType("no_comma", "punctuation:no_comma",
-                    "Write your response without using a single comma.", _NO_COMMA, "Commas", "drop_commas"),
+                    "Write your response without using a single comma.", _NO_COMMA, "Commas", "drop_commas",
+                    "comma"),
     InstructionType("short", "length_constraints:number_words",
                     "Respond in fewer than 30 words.", _SHORT, "Brief"),
     InstructionType("french", "language:response_language",

@@ -6,8 +6,9 @@ For each instruction type (:mod:`.instructions`) and each method:
   with the layer (among ``Budget.dm_layers``) and the strength s (among
   ``Budget.strengths``) read off the train frontier (:mod:`.frontier`): the highest train
   IFR within the report's quality bounds (:data:`~.frontier.REPORT_BOUNDS`) that beats
-  the unsteered model, or no steering (strength 0) when none does — the paper's layer
-  search, with a strength grid;
+  the unsteered model by more than chance (:func:`~.frontier.sign_test` p ≤
+  :data:`~.frontier.SIGNIFICANCE`), or no steering (strength 0) when none does — the
+  paper's layer search, with a strength grid;
 - ``saif``: SAIF's top latents with their score-proportional ``add`` weights, at the
   strength its train frontier chooses the same way;
 - ``concise`` (Concise-SAE): 15 supportive + 15 opposing latents, whose coefficients
@@ -39,7 +40,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..discovery import answer_vectors, concise, instruction_vectors, saif
+from ..discovery import answer_vectors, concise, instruction_vectors, next_token_vectors, saif
 from ..discovery.prompts import BASE_QUERIES, sample
 from ..evaluation import (builtin_prompts, generate_for_configs, generate_responses, response_perplexity,
                           score_responses)
@@ -51,7 +52,7 @@ from ..spec import SparseIntervention, SteeringSpec, stack_specs
 from .errors import ExperimentError
 from .instructions import InstructionType, get_type, resolve_types
 from .names import BUDGET_NAMES, FRONTIER_PLOT, METHODS, SAE_METHODS, SETTINGS, TUNED_METHODS, UNSTEERED, UNTUNED
-from .frontier import REPORT_BOUNDS, Frontier, best_point, scaled, sweep
+from .frontier import REPORT_BOUNDS, SIGNIFICANCE, Frontier, best_point, scaled, sign_test, sweep
 from .report import choose_examples, response_score
 
 __all__ = ["METHODS", "SAE_METHODS", "TUNED_METHODS", "SETTINGS", "Budget", "discovery_queries",
@@ -87,11 +88,14 @@ class Budget:
     # (empty: the experiment's layer only), and, for a type with a rewrite rule, whether to use
     # the vector read from answers at one of ``answer_layers`` instead (empty: never). That one
     # steers the prompt's positions only and takes its size from the prompt read-out's ‖v_ℓ‖,
-    # so a strength means the same for both.
+    # so a strength means the same for both. For a type that forbids tokens, the vector read
+    # where the model's next token is forbidden at one of ``next_token_layers`` is a third
+    # candidate (every position, strength 1 = NEXT_TOKEN_UNIT × that v).
     strengths: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
     validation: int = 8
     dm_layers: tuple[int, ...] = ()
     answer_layers: tuple[int, ...] = ()
+    next_token_layers: tuple[int, ...] = ()
     # Concise-SAE's search space: "grouped" (one strength for the supportive and one for the
     # opposing latents, times per-latent scales) or "full" (one coefficient per latent).
     tune_space: str = "grouped"
@@ -101,7 +105,7 @@ class Budget:
             if name == "tune_space":
                 if value not in ("grouped", "full"):
                     raise ExperimentError(f"Budget.tune_space must be 'grouped' or 'full', got {value!r}")
-            elif name in ("strengths", "dm_layers", "answer_layers"):
+            elif name in ("strengths", "dm_layers", "answer_layers", "next_token_layers"):
                 if not isinstance(value, tuple) or (name == "strengths" and not value) or \
                         not all(isinstance(v, (int, float)) and v >= 0 for v in value):
                     raise ExperimentError(f"Budget.{name} must be a tuple of non-negative numbers"
@@ -130,8 +134,11 @@ class Budget:
         reports/smollm2/tried/train-at-eval-length-full-space/). Diff-means may also read its
         vector from answers at layer 12, on the prompt's positions: on train prompts that moved
         lowercase within the bounds where the prompt read-out at layers 9-27 and the answer
-        read-out at every position did not (reports/smollm2/tried/response-contrast-on-train/)."""
-        return cls(tune_rounds=6, tune_q=6, validation=20, answer_layers=(12,))
+        read-out at every position did not (reports/smollm2/tried/response-contrast-on-train/).
+        A type that forbids tokens (no commas) may also take the vector read where the model is
+        about to write one, at layer 27: of layers 15-29 it moved no commas most within the
+        bounds on train (next_token*.md there)."""
+        return cls(tune_rounds=6, tune_q=6, validation=20, answer_layers=(12,), next_token_layers=(27,))
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,13 +174,17 @@ def _train_frontier(model, tokenizer, spec: SteeringSpec, itype: InstructionType
 def _choose_operating_point(frontiers: Mapping[Any, Frontier], how: str) -> tuple[Any, dict[str, Any]]:
     """The train frontiers' best point within the report's bounds (degenerate: the looser of
     the bound and the unsteered model's own rate on those prompts) that beats the unsteered
-    model (:func:`~.frontier.best_point`), or strength 0 — no steering — when none does:
+    model by more than chance (:func:`~.frontier.best_point`), or strength 0 — no steering —
+    when none does:
     (the chosen frontier's key or None, the ``metadata["operating_point"]`` record)."""
     key, point = best_point(frontiers, REPORT_BOUNDS)
     return key, {
         "strength": 0.0 if point is None else point.strength, "steers": point is not None,
-        "chosen_by": how if point is not None else f"{how}: no strength beat the unsteered model within the bounds",
-        "bounds": REPORT_BOUNDS.to_json(),
+        "chosen_by": how if point is not None else f"{how}: no strength beat the unsteered model within the bounds "
+                                                   "by more than chance",
+        "bounds": REPORT_BOUNDS.to_json(), "significance": SIGNIFICANCE,
+        "sign_test_p": None if point is None else sign_test(point.outcomes["followed_loose"],
+                                                            frontiers[key].unsteered.outcomes["followed_loose"]),
         "train_frontiers": {str(name): frontier.to_json() for name, frontier in frontiers.items()}}
 
 
@@ -202,11 +213,12 @@ def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
         # train frontier of each candidate layer's vector (one batched generation per layer).
         candidates = sorted(set(budget.dm_layers) | {layer}) if budget.dm_layers else [layer]
         answer_layers = sorted(set(budget.answer_layers)) if itype.rewrite else []
+        next_token_layers = sorted(set(budget.next_token_layers)) if itype.forbidden else []
         vectors = instruction_vectors(model, tokenizer, itype.instruction_text,
                                       sorted(set(candidates) | set(answer_layers)), discovery_queries(),
                                       n_prompts=budget.n_pairs, **common)
         specs: dict[Any, SteeringSpec] = {ell: vectors[ell].spec("add") for ell in candidates}
-        specs.update(_answer_specs(model, tokenizer, itype, answer_layers, vectors, budget))
+        specs.update(_answer_specs(model, tokenizer, itype, answer_layers, next_token_layers, vectors, budget))
         frontiers = {key: _train_frontier(model, tokenizer, candidate, itype, budget,
                                           key if isinstance(key, str) else f"layer {key}")
                      for key, candidate in tqdm(specs.items(), desc="diff-means candidates", disable=not progress,
@@ -234,24 +246,44 @@ def find_spec(method: str, model, tokenizer, itype: "str | InstructionType", *,
     return spec
 
 
-def _answer_specs(model, tokenizer, itype: InstructionType, layers: Sequence[int], prompt_vectors,
-                  budget: Budget) -> dict[str, SteeringSpec]:
-    """``{"answers, layer ℓ": spec}``: the vector read from the model's own answers to the
-    discovery queries against their rewrites by the type's rule, added on the prompt's positions
-    at c = the prompt read-out's ‖v_ℓ‖ (strength 1). The answers edit nothing the model writes,
-    only the cache it reads: on train, every position looped (reports/smollm2/tried/)."""
-    if not layers:
+# The next-token vector's strength 1, as a fraction of its norm: on no commas' train prompts it
+# turns within 0.5-1 × ‖v‖ (layer 27: 0.35 at 0.5, 0.85 at 0.75 with 5 % degenerate, 55 %
+# degenerate at 1; reports/smollm2/tried/response-contrast-on-train/next_token_fine.md), so the
+# strengths' grid, made for the prompt read-out, puts its 1 at 0.75 × ‖v‖.
+NEXT_TOKEN_UNIT = 0.75
+
+
+def _answer_specs(model, tokenizer, itype: InstructionType, answer_layers: Sequence[int],
+                  next_token_layers: Sequence[int], prompt_vectors, budget: Budget) -> dict[str, SteeringSpec]:
+    """The candidates read from the model's own answers to the discovery queries:
+    ``{"answers, layer ℓ": spec}``, the vector of those answers against their rewrites by the
+    type's rule, added on the prompt's positions at c = the prompt read-out's ‖v_ℓ‖ (strength 1)
+    — it edits nothing the model writes, only the cache it reads: on train, every position
+    looped (reports/smollm2/tried/); and ``{"next token, layer ℓ": spec}``, the vector read where
+    the answers' next token is one the type forbids, added at every position at c = ``NEXT_TOKEN_UNIT``·‖v‖."""
+    if not answer_layers and not next_token_layers:
         return {}
     questions = discovery_queries()
     own = generate_responses(model, tokenizer, questions, max_new_tokens=budget.eval_max_new_tokens,
                              batch_size=budget.batch_size)
-    read = answer_vectors(model, tokenizer, questions, own, itype.rewrite_answer, layers,
-                          instruction=itype.instruction_text)
     specs = {}
-    for ell in layers:
-        spec = read[ell].spec("add", prompt_vectors[ell].norm, positions="prompt")
-        spec.metadata["unit"] = {"prompt_read_out_norm": prompt_vectors[ell].norm, "rewrite": itype.rewrite}
-        specs[f"answers, layer {ell}"] = spec
+    if answer_layers:
+        read = answer_vectors(model, tokenizer, questions, own, itype.rewrite_answer, answer_layers,
+                              instruction=itype.instruction_text)
+        for ell in answer_layers:
+            spec = read[ell].spec("add", prompt_vectors[ell].norm, positions="prompt")
+            spec.metadata["unit"] = {"prompt_read_out_norm": prompt_vectors[ell].norm, "rewrite": itype.rewrite}
+            specs[f"answers, layer {ell}"] = spec
+    if next_token_layers:
+        try:
+            read = next_token_vectors(model, tokenizer, questions, own, itype.forbids, next_token_layers,
+                                      instruction=itype.instruction_text)
+        except ValueError:  # the model never writes a forbidden token unsteered: nothing to steer away from
+            read, next_token_layers = {}, []
+        for ell in next_token_layers:
+            spec = read[ell].spec("add", NEXT_TOKEN_UNIT * read[ell].norm)
+            spec.metadata["unit"] = {"forbidden": itype.forbidden, "fraction_of_norm": NEXT_TOKEN_UNIT}
+            specs[f"next token, layer {ell}"] = spec
     return specs
 
 

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Optional
 
 from ..evaluation.defaults import DEFAULT_WEIGHTS
 from ..fileio import write_json_atomic, write_text_atomic
-from .frontier import REPORT_BOUNDS, Frontier, format_frontier
+from .frontier import REPORT_BOUNDS, SIGNIFICANCE, Frontier, format_frontier
 from .instructions import TYPE_NAMES
 from .names import UNSTEERED, UNTUNED
 
@@ -226,6 +226,7 @@ def format_markdown(doc: Mapping[str, Any], title: str = "Instruction following 
              f"the instruction, resp. the prompt sent. Bounds: {_BOUNDS_TEXT}. Each method is evaluated at its "
              f"operating point: the strength with the highest IFR within the bounds (the degenerate limit there "
              f"being the looser of the bound and the unsteered model's own rate) that beats the unsteered model "
+             f"by more than chance (one-sided sign test over the prompts, p <= {SIGNIFICANCE:g}) "
              f"on {budget['validation']} train prompts without the instruction, answered at "
              f"{budget['eval_max_new_tokens']} tokens, or strength 0 (no steering) when none does; {UNTUNED} is the "
              "plain difference-in-means vector (projection at z̄, nothing chosen).", "",

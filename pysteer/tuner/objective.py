@@ -120,7 +120,9 @@ class _SteeringObjective:
         result = {"reward": float(self._reward(report, self.weights)), "ifr_strict": report.ifr_strict,
                   "ifr_loose": report.ifr_loose, "rr": report.rr, "oq": report.oq,
                   "degenerate_rate": report.degenerate_rate, "mean_perplexity": report.mean_perplexity,
-                  "per_type": report.per_type, "prompt_keys": [str(p.key) for p in prompts]}
+                  "per_type": report.per_type, "prompt_keys": [str(p.key) for p in prompts],
+                  # per prompt, in prompt_keys' order: what a paired comparison of two points reads
+                  "followed_loose": [bool(s.followed_loose) for s in report.scores]}
         if ratios is not None:
             result["ppl_ratio"], result["ppl_ratio_instructed"] = ratios
         if self.keep_responses:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from pysteer.experiment.frontier import REPORT_BOUNDS, Frontier, best_point, format_frontier
+from pysteer.experiment.frontier import REPORT_BOUNDS, Frontier, best_point, format_frontier, sweep
 
 
 class TrainLog:
@@ -30,6 +30,21 @@ class TrainLog:
         self.lines += [f"### {heading}", "", "```", table, "```", ""]
         print(f"{heading}  [{time.perf_counter() - self.start:.0f} s]\n{table}", flush=True)
         return chosen
+
+    def sweep_runs(self, model, tokenizer, vectors, prompts, runs, max_new_tokens: int,
+                   json_path: Optional[Path] = None, markdown_path: Optional[Path] = None) -> None:
+        """Each (layer, positions, strengths) of ``runs``: ``vectors[layer]`` (a DiffMeanResult)
+        added on those positions, swept over those strengths on ``prompts`` and recorded; with
+        the paths, the log is written after every run (a long probe keeps what it measured)."""
+        for layer, positions, strengths in runs:
+            label = f"layer {layer}, positions {positions}"
+            frontier = sweep(model, tokenizer, vectors[layer].spec("add", positions=positions), prompts, strengths,
+                             max_new_tokens=max_new_tokens, label=label)
+            self.add(f"{label} {strengths}", f"{label}, ‖v‖ = {vectors[layer].norm:.1f}, {vectors[layer].n_pairs} answers",
+                     frontier,
+                     vector_norm=vectors[layer].norm, n_answers=vectors[layer].n_pairs)
+            if json_path is not None:
+                self.write(json_path, markdown_path)
 
     def write(self, json_path: Path, markdown_path: Path) -> None:
         self.doc["seconds"] = round(time.perf_counter() - self.start, 1)

@@ -20,7 +20,6 @@ import torch
 from pysteer.discovery import answer_vectors
 from pysteer.evaluation import builtin_prompts
 from pysteer.experiment import get_type
-from pysteer.experiment.frontier import sweep
 from pysteer.experiment.pipeline import Budget
 from pysteer.models import load_model
 from run import own_answers  # run.py put tried/ on sys.path
@@ -43,12 +42,7 @@ def probe(runs, stem: str) -> None:
     vectors = answer_vectors(model, tokenizer, questions, own, str.lower, sorted({layer for layer, _, _ in runs}),
                              instruction="lowercase")
     train = builtin_prompts("train", [get_type("lowercase").instruction_id])[:budget.validation]
-    for layer, positions, strengths in runs:
-        label = f"layer {layer}, positions {positions}"
-        frontier = sweep(model, tokenizer, vectors[layer].spec("add", positions=positions), train, strengths,
-                         max_new_tokens=budget.eval_max_new_tokens, label=label)
-        log.add(f"{label} {strengths}", f"{label}, ‖v‖ = {vectors[layer].norm:.1f}", frontier,
-                vector_norm=vectors[layer].norm)
+    log.sweep_runs(model, tokenizer, vectors, train, runs, budget.eval_max_new_tokens)
     log.write(HERE / f"{stem}.json", HERE / f"{stem}.md")
 
 
