@@ -384,6 +384,20 @@ def test_demo_cli_refuses_existing_out_and_missing_sae(tmp_path, capsys, monkeyp
     assert not (tmp_path / "new").exists()  # nothing was written by the failed runs
 
 
+def test_demo_cli_refuses_a_budget_layer_the_model_lacks(chat, tmp_path, capsys):
+    """The demo budget reads no commas' next-token vector at layer 27: on a smaller model that is
+    refused, naming the layer, before the model loads; a type without forbidden tokens runs on."""
+    model, tokenizer = chat
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    base = ["demo", "--model", str(tmp_path / "tiny"), "--methods", "diff-means", "--layer", str(STEERED_LAYER),
+            "--out", str(tmp_path / "out"), "--quiet"]
+    assert main([*base, "--types", "no_comma"]) == 2
+    err = capsys.readouterr().err
+    assert "--budget demo: diff-means reads the next token at layer 27" in err and "decoder layers" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_demo_cli_end_to_end_on_a_tiny_model(chat, tmp_path, capsys, monkeypatch):
     model, tokenizer = chat
     model.save_pretrained(tmp_path / "tiny")

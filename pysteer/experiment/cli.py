@@ -24,7 +24,7 @@ from ..cliargs import (SAE_HELP, UsageError, add_command, add_model_arguments, c
                        check_spec_shape, fraction, load_sae_for, load_spec, model_shape, nonnegative_float,
                        nonnegative_int, positive_float, positive_int, prepare_run, significance_level)
 from .frontier import DEFAULT_STRENGTHS, SIGNIFICANCE
-from .instructions import TYPE_NAMES
+from .instructions import TYPE_NAMES, get_type
 from .names import BUDGET_NAMES, FRONTIER_PLOT, METHODS, SAE_METHODS, SETTINGS, UNSTEERED, UNTUNED
 
 if TYPE_CHECKING:
@@ -147,8 +147,14 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         layer, sae_text = args.layer, f"layer {args.layer}, no SAE"
         check_layers(model_shape(args.model), [layer])
-    if "diff-means" in args.methods and budget.dm_layers:
-        check_layers(model_shape(args.model), budget.dm_layers, f"--budget {args.budget}: diff-means searches layer")
+    if "diff-means" in args.methods:
+        types = [get_type(name) for name in args.types]
+        for layers, applies, what in ((budget.dm_layers, True, "searches layer"),
+                                      (budget.answer_layers, any(t.rewrite for t in types), "reads answers at layer"),
+                                      (budget.next_token_layers, any(t.forbidden for t in types),
+                                       "reads the next token at layer")):
+            if layers and applies:
+                check_layers(model_shape(args.model), layers, f"--budget {args.budget}: diff-means {what}")
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, device=args.device)
@@ -213,7 +219,6 @@ def run_frontier(args: argparse.Namespace) -> int:
     from ..fileio import staged_directory, write_json_atomic
     from ..models import load_model
     from .frontier import Frontier, QualityBounds, format_frontier, operating_point, plot_frontiers, sweep
-    from .instructions import get_type
 
     bounds = QualityBounds(args.max_degenerate, args.max_ppl_ratio, args.ppl_reference)
     itype = get_type(args.type)
