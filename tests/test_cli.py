@@ -268,6 +268,9 @@ def test_other_arguments_checked_up_front(tmp_path, capsys, no_model):
     _refused(["discover", "diff-means", "--instruction", "x", "--layer", "1", "--batch-size", "0", *out],
              capsys, "argument --batch-size")
     _refused(["demo", "--types", "short", "short", *out], capsys, "--types")
+    for level in ("0", "1.5", "nan"):
+        _refused(["frontier", "--steering", str(tmp_path / "s"), "--type", "lowercase", "--significance", level, *out],
+                 capsys, "argument --significance")
     _refused(["train-sae", "--layer", "1", "--corpus", str(tmp_path / "nowhere"), *out], capsys, "--corpus")
     _refused(["generate", "--prompt", "Hi.", "--steering", str(tmp_path / "nowhere")], capsys, "--steering")
     _refused(["discover", "saif", "--instruction", "x", "--sae", str(tmp_path / "nowhere"), *out], capsys,
