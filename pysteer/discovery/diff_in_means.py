@@ -148,6 +148,15 @@ def instruction_vectors(model: nn.Module, tokenizer, instruction: str, layers: S
 
 
 @torch.no_grad()
+def _residuals_after_question(model: nn.Module, tokenizer, question: str, answer_ids: Sequence[int],
+                              layers: Sequence[int], chat: bool) -> tuple[dict[int, torch.Tensor], int]:
+    """The residuals after ``layers`` of the chat-templated ``question`` followed by ``answer_ids``,
+    and the number of prompt tokens before the answer."""
+    prompt_ids = prompt_token_ids(tokenizer, question, chat)
+    ids = torch.tensor([prompt_ids + list(answer_ids)], device=next(model.parameters()).device)
+    return residuals_after(model, ids, torch.ones_like(ids), layers), len(prompt_ids)
+
+
 def answer_vectors(model: nn.Module, tokenizer, questions: Sequence[str], answers: Sequence[str],
                    rewrite: Callable[[str], str], layers: Sequence[int], *, chat: bool = True,
                    instruction: Optional[str] = None) -> dict[int, DiffMeanResult]:
@@ -161,17 +170,15 @@ def answer_vectors(model: nn.Module, tokenizer, questions: Sequence[str], answer
     if not pairs or all(a == r for _, a, r in pairs):
         raise ValueError("the rewrite changes none of the answers: there is no difference to read")
     layers = [int(layer) for layer in layers]
-    device = next(model.parameters()).device
     sides: dict[str, dict[int, list[torch.Tensor]]] = {"own": {ell: [] for ell in layers},
                                                       "rewritten": {ell: [] for ell in layers}}
     for question, own, rewritten in pairs:
-        prompt_ids = prompt_token_ids(tokenizer, question, chat)
         for side, text in (("own", own), ("rewritten", rewritten)):
-            ids = torch.tensor([prompt_ids + tokenizer(text, add_special_tokens=False)["input_ids"]],
-                               device=device)
-            store = residuals_after(model, ids, torch.ones_like(ids), layers)
+            store, n_prompt = _residuals_after_question(model, tokenizer, question,
+                                                        tokenizer(text, add_special_tokens=False)["input_ids"],
+                                                        layers, chat)
             for ell in layers:
-                sides[side][ell].append(store[ell][0, len(prompt_ids):].float().mean(0).cpu())
+                sides[side][ell].append(store[ell][0, n_prompt:].float().mean(0).cpu())
     facts = _facts(model)
     return {ell: DiffMeanResult.from_activations(ell, torch.stack(sides["rewritten"][ell]),
                                                  torch.stack(sides["own"][ell]), instruction=instruction,
@@ -191,7 +198,6 @@ def next_token_vectors(model: nn.Module, tokenizer, questions: Sequence[str], an
     layers = [int(layer) for layer in layers]
     if not layers:
         raise ValueError("layers must name at least one layer")
-    device = next(model.parameters()).device
     sides: dict[str, dict[int, list[torch.Tensor]]] = {"allowed": {ell: [] for ell in layers},
                                                       "forbidden": {ell: [] for ell in layers}}
     for question, answer in zip(questions, answers):
@@ -199,10 +205,8 @@ def next_token_vectors(model: nn.Module, tokenizer, questions: Sequence[str], an
         next_forbidden = torch.tensor([bool(forbidden(tokenizer.decode([i]))) for i in answer_ids], dtype=torch.bool)
         if not next_forbidden.any() or next_forbidden.all():
             continue
-        prompt_ids = prompt_token_ids(tokenizer, question, chat)
-        ids = torch.tensor([prompt_ids + answer_ids], device=device)
-        store = residuals_after(model, ids, torch.ones_like(ids), layers)
-        start = len(prompt_ids) - 1  # the last prompt token predicts the answer's first token
+        store, n_prompt = _residuals_after_question(model, tokenizer, question, answer_ids, layers, chat)
+        start = n_prompt - 1  # the last prompt token predicts the answer's first token
         for ell in layers:
             predicting = store[ell][0, start:start + len(answer_ids)].float().cpu()
             sides["allowed"][ell].append(predicting[~next_forbidden].mean(0))
